@@ -1,0 +1,233 @@
+"""Typed, nested run configuration with dotted ``--set a.b=c`` overrides.
+
+Each component owns its dataclass; :class:`RunConfig` nests them. Recipes (``ueperf.recipes``)
+are functions returning a complete ``RunConfig``; the CLI applies ``--set`` overrides, which are
+type-checked against the dataclass field types (an unknown key or a value of the wrong type is a
+:class:`~ueperf.errors.ConfigError` that names the key and the expected type).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from .errors import ConfigError
+
+
+# ───────────────────────────────────────────── components ──
+@dataclass
+class DataConfig:
+    dataset: str = "embedded"       # registered source name (cifar10, cifar100, imagefolder, synthetic, embedded) or a store folder
+    root: str = ""                  # where the source lives: folder or archive (.tar.gz); "" = default for the source
+    cache_dir: str = "~/.cache/ueperf"  # where uint8 stores are written
+    download: bool = False          # download the source if missing (needs network)
+    image_size: int = 0             # resize to this many pixels per side at store build (0 = native)
+    train_limit: int = 0            # keep only the first N training images (0 = all)
+    test_limit: int = 0             # keep only the first N test images (0 = all)
+    loader: str = "auto"            # auto | gpu | cpu | ffcv  (auto = device-resident when it fits)
+    synthetic_classes: int = 10     # synthetic source: number of classes
+    synthetic_train: int = 1000     # synthetic source: training images
+    synthetic_test: int = 200       # synthetic source: test images
+    synthetic_size: int = 32        # synthetic source: pixels per side
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"          # registered model name
+    width: float = 1.0              # channel-width multiplier (1.0 = the published model)
+    stem: str = "auto"              # auto | cifar | imagenet  (auto: cifar for <= 32 px)
+    pretrained: str = ""            # local torchvision-format state_dict file ("" = random init)
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 4           # random crop with zero padding, pixels (0 = off) [spec §3.0]
+    flip: bool = True               # random horizontal flip, p = 0.5 [spec §3.0]
+    cg: bool = False                # CG augmentation: colour jitter + random grayscale [spec §3.4]
+    jitter_p: float = 0.8           # CG: probability of colour jitter [paper (a)]
+    jitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue [ours]
+    gray_p: float = 0.2             # CG: probability of grayscale [paper (a)]
+    normalize: bool = False         # subtract mean / divide std (EM/REM feed [0,1] un-normalised [code])
+    mean: Tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+    std: Tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1                 # base learning rate [spec §3.0]
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"        # cosine | constant | multistep
+    milestones: Tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of the run
+    gamma: float = 0.1              # multistep: decay factor
+    warmup_epochs: float = 0.0      # linear warm-up length, epochs
+    group_lr: Tuple[float, ...] = ()  # per-layer-group multipliers, shallow → deep (() = all 1)
+    grad_clip: float = 0.0          # clip global grad norm to this (0 = off; EM config uses 5.0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60                # [spec §3.0]
+    batch_size: int = 128           # global batch size (split across ranks) [spec §3.0]
+    eval_batch_size: int = 1024
+    precision: str = "auto"         # auto | bf16 | fp32  (auto: bf16 autocast on CUDA, fp32 on CPU)
+    channels_last: bool = True
+    compile: bool = False           # torch.compile the model
+    seed: int = 0
+    deterministic: bool = False     # deterministic algorithms (bit-exact resume on CPU)
+    eval_every: int = 1             # evaluate on the clean test set every N epochs (last epoch always)
+    checkpoint_every: int = 1       # save a resumable checkpoint every N epochs
+    progress: bool = True           # show a progress bar
+    log_every: int = 50             # steps between loss checks (NaN/inf) and progress-bar updates
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    threads: int = 0                # torch CPU threads (0 = leave torch's default)
+
+
+@dataclass
+class ParallelConfig:
+    backend: str = "auto"           # auto | none | ddp | deepspeed  (auto: ddp under torchrun, else none)
+    zero_stage: int = 1             # DeepSpeed ZeRO stage (1 or 2)
+    dist_backend: str = "auto"      # auto | nccl | gloo
+
+
+@dataclass
+class RunConfig:
+    name: str = ""                  # run name ("" = recipe name)
+    out_dir: str = "runs"           # runs are written to out_dir/name
+    recipe: str = ""                # recipe this config came from (informational)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+
+# ───────────────────────────────────────────── overrides ──
+def _coerce(value: str, tp: Any, key: str) -> Any:
+    """Parse the string ``value`` as type ``tp`` (bool/int/float/str/tuple/Optional)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        non_none = [a for a in args if a is not type(None)]
+        if value.lower() in ("none", "null", ""):
+            return None
+        return _coerce(value, non_none[0], key)
+    if tp is bool:
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--set {key}={value!r}: expected a boolean (true/false)")
+    if tp is int:
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"--set {key}={value!r}: expected an integer") from None
+        if not f.is_integer():
+            raise ConfigError(f"--set {key}={value!r}: expected an integer")
+        return int(f)
+    if tp is float:
+        try:
+            if "/" in value:  # allow 8/255 for budgets and steps
+                num, den = value.split("/", 1)
+                return float(num) / float(den)
+            return float(value)
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"--set {key}={value!r}: expected a number (e.g. 0.1 or 8/255)") from None
+    if tp is str:
+        return value
+    if origin in (tuple, list, Tuple, List):
+        v = value.strip()
+        if v.startswith(("(", "[")) and v.endswith((")", "]")):
+            v = v[1:-1]
+        items = [s.strip() for s in v.split(",") if s.strip()] if v.strip() else []
+        if origin in (tuple, Tuple) and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(items) != len(args):
+                raise ConfigError(f"--set {key}={value!r}: expected {len(args)} comma-separated values")
+            return tuple(_coerce(s, a, key) for s, a in zip(items, args))
+        elem = args[0] if args else str
+        out = [_coerce(s, elem, key) for s in items]
+        return tuple(out) if origin in (tuple, Tuple) else out
+    raise ConfigError(f"--set {key}: fields of type {tp} cannot be set from the command line")
+
+
+def _field_types(obj: Any) -> Dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def set_value(cfg: Any, key: str, value: str) -> None:
+    """Set dotted ``key`` (e.g. ``optim.lr``) on a nested dataclass config from a string."""
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is not a section")
+        names = [f.name for f in dataclasses.fields(node)]
+        if part not in names:
+            import difflib
+            prefix = ".".join(parts[:i])
+            full = [f"{prefix}.{n}" if prefix else n for n in names]
+            close = difflib.get_close_matches(key, all_keys(cfg), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"--set {key}: no such config key.{hint} Keys here: {', '.join(full)}")
+        if i == len(parts) - 1:
+            tp = _field_types(node)[part]
+            if dataclasses.is_dataclass(getattr(node, part)):
+                raise ConfigError(f"--set {key}: is a section; set one of its keys instead")
+            setattr(node, part, _coerce(value, tp, key))
+        else:
+            node = getattr(node, part)
+
+
+def all_keys(cfg: Any, prefix: str = "") -> List[str]:
+    """Every settable dotted key of a nested dataclass config."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        k = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v):
+            out.extend(all_keys(v, k + "."))
+        else:
+            out.append(k)
+    return out
+
+
+def apply_overrides(cfg: Any, overrides: List[str]) -> Any:
+    """Apply ``["a.b=c", ...]`` to ``cfg`` in place and return it."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value (e.g. --set optim.lr=0.05)")
+        k, v = item.split("=", 1)
+        set_value(cfg, k.strip(), v.strip())
+    return cfg
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: Any, d: Dict[str, Any]) -> Any:
+    """Rebuild a nested dataclass config from :func:`to_dict` output (unknown keys rejected)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k, v in d.items():
+        if k not in names:
+            raise ConfigError(f"config has unknown key {k!r} for {cls.__name__}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            kwargs[k] = from_dict(tp, v)
+        elif typing.get_origin(tp) in (tuple, Tuple) and isinstance(v, list):
+            kwargs[k] = tuple(v)
+        else:
+            kwargs[k] = v
+    return cls(**kwargs)
+
+
+def dumps(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=False)

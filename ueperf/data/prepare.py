@@ -1,0 +1,149 @@
+"""``prepare_dataset(cfg)``: the store for a :class:`DataConfig`, built once and cached.
+
+``cfg.dataset`` is either a store folder (opened as is) or a source name (see
+:mod:`ueperf.data.sources`). A source's store lives at ``<cache_dir>/<source>-<key12>`` where
+the key is the sha256 of: the source name, the store format and builder versions, the resolved
+source root with a fingerprint of it (size and mtime of the file, or of every file under the
+folder), and the DataConfig fields that change the images (``image_size``, limits, and the
+source's own fields). Any change to those builds a new store; the same config reuses it.
+
+Several processes (DDP ranks) may call this at once: only the main one builds (``is_main``,
+default ``rank == 0``); the others wait for the manifest to appear. If the main process fails it
+leaves ``.<store>.error`` beside the store, and the waiting ones raise its message instead of
+waiting out their timeout. No torch.distributed is involved, so it works before (or without)
+a process group.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from ..config import DataConfig
+from ..errors import DataError
+from .sources import COMMON_KEY_FIELDS, SOURCES
+from .store import FORMAT_VERSION, Store, is_store, open_store, sha256_file, write_store
+
+# Bump when a source's output for the same inputs changes (invalidates every cached store).
+BUILDER_VERSION = 1
+
+
+def _fingerprint(root: Optional[Path]) -> Any:
+    """(size, mtime_ns) of a file root; of every file under a folder root; None if missing."""
+    if root is None or not root.exists():
+        return None
+    if root.is_file():
+        st = root.stat()
+        return [st.st_size, st.st_mtime_ns]
+    h = hashlib.sha256()
+    n = 0
+    for dirpath, dirnames, fnames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for f in sorted(fnames):
+            p = os.path.join(dirpath, f)
+            try:
+                st = os.stat(p)
+            except OSError:  # dangling link: not data
+                continue
+            h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            n += 1
+    return [n, h.hexdigest()]
+
+
+def cache_key(cfg: DataConfig, name: str) -> Tuple[str, Dict[str, Any]]:
+    """(hex sha256, the JSON document it hashes) for source ``name`` under ``cfg``."""
+    fn = SOURCES.get(name)
+    root = fn.root(cfg)
+    fields = COMMON_KEY_FIELDS + tuple(fn.key_fields)
+    doc = {"source": name, "format_version": FORMAT_VERSION, "builder_version": BUILDER_VERSION,
+           "root": str(root) if root is not None else None, "root_fingerprint": _fingerprint(root),
+           "config": {f: getattr(cfg, f) for f in fields}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest(), doc
+
+
+def store_path_for(cfg: DataConfig, name: str, key: Optional[str] = None) -> Path:
+    """Where the cached store of source ``name`` under ``cfg`` lives (whether built or not)."""
+    key = key or cache_key(cfg, name)[0]
+    return Path(os.path.expanduser(cfg.cache_dir)).absolute() / f"{name}-{key[:12]}"
+
+
+def _error_marker(path: Path) -> Path:
+    return path.parent / f".{path.name}.error"
+
+
+def _wait_for(cfg: DataConfig, name: str, path: Path, root_existed: bool, timeout_s: float,
+              poll_s: float, verify: bool) -> Store:
+    """Non-main process: wait for the main one to finish the store at ``path``, then open it."""
+    start = time.time()
+    while True:
+        if is_store(path):
+            return open_store(path, verify=verify)
+        marker = _error_marker(path)
+        if marker.is_file() and marker.stat().st_mtime >= start - 1.0:
+            raise DataError(f"the main process failed to build {path}: "
+                            f"{marker.read_text('utf-8', 'replace').strip()}")
+        if time.time() - start > timeout_s:
+            raise DataError(f"timed out after {timeout_s:.0f} s waiting for the main process to "
+                            f"build {path}. Check its log; build the store first with one process "
+                            f"(python -c 'from ueperf.data import prepare_dataset; ...') and rerun.")
+        time.sleep(poll_s)
+        if not root_existed:  # the main process may be downloading the source: key changes
+            path = store_path_for(cfg, name)
+
+
+def prepare_dataset(cfg: DataConfig, *, rank: int = 0, is_main: Optional[bool] = None,
+                    verify: bool = True, wait_timeout_s: float = 3600.0, poll_s: float = 0.5) -> Store:
+    """Open or build the store for ``cfg`` (see module docstring) and return it.
+
+    ``rank``/``is_main``: only the main process (default: rank 0) builds; pass ``is_main``
+    explicitly when each node has its own cache folder (local rank 0 builds). ``verify``:
+    check the sha256 of every array file when opening (the build itself is trusted).
+    """
+    main = (rank == 0) if is_main is None else bool(is_main)
+    ds = str(cfg.dataset)
+    as_path = Path(os.path.expanduser(ds))
+    if is_store(as_path):
+        return open_store(as_path, verify=verify)
+    if os.sep in ds or (os.altsep and os.altsep in ds) or ds.startswith(("~", ".")):
+        # Meant as a store folder: open_store says what is wrong with it.
+        return open_store(as_path, verify=verify)
+    fn = SOURCES.get(ds)  # ConfigError naming the known sources when unknown
+    root = fn.root(cfg)
+    root_existed = root is None or root.exists()
+    key, doc = cache_key(cfg, ds)
+    path = store_path_for(cfg, ds, key)
+    if is_store(path):
+        return open_store(path, verify=verify)
+    if not main:
+        return _wait_for(cfg, ds, path, root_existed, wait_timeout_s, poll_s, verify)
+
+    marker = _error_marker(path)
+    marker.unlink(missing_ok=True)
+    try:
+        raw = fn(cfg)
+        if not root_existed:  # downloaded during the build: key it by what is there now
+            key, doc = cache_key(cfg, ds)
+            path = store_path_for(cfg, ds, key)
+        source = dict(raw.info)
+        source.update(root=doc["root"], root_fingerprint=doc["root_fingerprint"])
+        if root is not None and root.is_file():
+            source["root_sha256"] = sha256_file(root)  # the source data's own hash, for provenance
+        meta = {"data_config": dataclasses.asdict(cfg), "cache_key": key, "cache_key_doc": doc}
+        try:
+            return write_store(path, train=(raw.train_x, raw.train_y), test=(raw.test_x, raw.test_y),
+                               classes=raw.classes, meta=meta, kind="clean", name=ds, source=source)
+        except DataError:
+            if is_store(path):  # another process built the same store first: use it
+                return open_store(path, verify=verify)
+            raise
+    except BaseException as e:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{type(e).__name__}: {e}", encoding="utf-8")
+        except OSError:
+            pass
+        raise

@@ -1,0 +1,1 @@
+"""The one training loop, its schedule, checkpoints and timers (see trainer.py)."""

@@ -1,0 +1,479 @@
+"""The one training loop.
+
+    store (uint8) ─▶ loader (x_u8, y, idx) ─▶ fused augment kernel ─▶ model (bf16, channels-last)
+                 ─▶ CE loss (or a hook's) ─▶ backward, clip, SGD step ─▶ per-epoch eval ─▶ records
+
+Everything that varies between methods enters through config fields and :class:`TrainHook`s;
+everything distributed goes through :mod:`ueperf.parallel`. Hot-path rules: data stays on the
+device, the only host syncs are every ``train.log_every`` steps (NaN/inf check + progress bar)
+and at epoch end.
+
+Determinism: the data order and augmentation of epoch e depend only on (seed, e, rank), so a
+resumed run sees exactly the batches an uninterrupted run would (bit-for-bit on CPU with
+``train.deterministic=true``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import __version__
+from .. import parallel
+from ..config import RunConfig, from_dict, to_dict
+from ..errors import ConfigError, TrainingDiverged, UeperfError
+from ..reports.records import RecordWriter, read_records, write_json_atomic
+from .checkpoint import load_checkpoint, save_checkpoint
+from .hooks import TrainHook
+from .schedule import lr_factor
+
+# Keys whose change does not alter the numbers of a run (a resume may differ in these).
+_RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.threads", "out_dir", "train.compile"}
+
+
+# ───────────────────────────────────────────── helpers ──
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _mix(*xs: int) -> int:
+    """Deterministic 63-bit seed from integers (SplitMix64-style), for per-epoch streams."""
+    h = 0x9E3779B97F4A7C15
+    for x in xs:
+        h = (h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return torch.float32
+    raise ConfigError(f"train.precision={precision!r}: expected auto, bf16 or fp32")
+
+
+def _flat_diff(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _flat_diff(va, vb, key + ".")
+        elif (list(va) if isinstance(va, (list, tuple)) else va) != (list(vb) if isinstance(vb, (list, tuple)) else vb):
+            if key not in _RESUME_FREE_KEYS:
+                out.append(f"{key}: {va!r} (saved) vs {vb!r} (now)")
+    return out
+
+
+def environment_info() -> Dict[str, Any]:
+    info = {"ueperf": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    try:
+        import triton  # noqa: F401
+        info["triton"] = triton.__version__
+    except Exception:
+        info["triton"] = None
+    return info
+
+
+def build_param_groups(model: nn.Module, group_lr: Sequence[float], frozen: Sequence[int] = ()) -> List[Dict[str, Any]]:
+    """One optimiser param group per model layer group, each with its lr multiplier ``mult``."""
+    groups = model.layer_groups()
+    if group_lr and len(group_lr) != len(groups):
+        raise ConfigError(f"optim.group_lr has {len(group_lr)} values but the model has "
+                          f"{len(groups)} layer groups ({', '.join(n for n, _ in groups)}); give one "
+                          f"multiplier per group, shallow → deep, or leave it empty")
+    out = []
+    for i, (name, mod) in enumerate(groups):
+        params = [p for p in mod.parameters() if p.requires_grad]
+        if not params:
+            continue
+        out.append({"params": params, "name": name, "index": i,
+                    "mult": float(group_lr[i]) if group_lr else 1.0})
+    if not out:
+        raise ConfigError("every parameter of the model is frozen: nothing to train")
+    return out
+
+
+# ───────────────────────────────────────────── trainer ──
+class Trainer:
+    """Builds data, model and optimiser from a :class:`RunConfig` and runs the epochs.
+
+    Attributes hooks may use: ``cfg, ctx, store, model`` (bare module), ``wrapped`` (backend
+    wrapper: forward, backward_step, param_groups), ``train_loader, test_loader, augmenter,
+    epoch`` (0-based, of the epoch in progress), ``run_dir, records``, ``lr_mult`` (per param
+    group multipliers, which hooks may change between epochs).
+    """
+
+    def __init__(self, cfg: RunConfig, *, hooks: Sequence[TrainHook] = (), resume: bool = False,
+                 run_dir: Optional[os.PathLike] = None, store: Any = None, model: Optional[nn.Module] = None):
+        self.cfg = cfg
+        self.hooks: List[TrainHook] = list(hooks)
+        self.resume = resume
+        self._run_dir_arg = run_dir
+        self._store_arg = store
+        self._model_arg = model
+        self.records: List[Dict[str, Any]] = []
+        self.epoch = 0
+
+    # -- set-up ----------------------------------------------------------------------------
+    def setup(self) -> "Trainer":
+        cfg = self.cfg
+        self._validate(cfg)
+        self.ctx = parallel.init(cfg.parallel.backend, cfg.train.device, cfg.parallel.dist_backend)
+        ctx = self.ctx
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        elif ctx.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.dtype = resolve_precision(cfg.train.precision, ctx.device)
+
+        # ── run folder ──
+        name = cfg.name or cfg.recipe or "run"
+        self.run_dir = Path(self._run_dir_arg) if self._run_dir_arg else Path(cfg.out_dir).expanduser() / name
+        if ctx.is_main:
+            self._prepare_run_dir()
+        parallel.barrier(ctx)
+
+        # ── data ──
+        from ..data import make_loader, prepare_dataset
+        self.store = self._store_arg if self._store_arg is not None else prepare_dataset(cfg.data, rank=ctx.rank)
+        H, W, C = self.store.image_shape
+        if cfg.train.batch_size % ctx.world_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+                              f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
+        self.micro_batch = cfg.train.batch_size // ctx.world_size
+        if len(self.store.train) < cfg.train.batch_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the training "
+                              f"set ({len(self.store.train)} images); lower it")
+        common = dict(device=ctx.device, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
+                      backend=cfg.data.loader)
+        self.train_loader = make_loader(self.store.train, self.micro_batch, shuffle=True, drop_last=True, **common)
+        self.test_loader = make_loader(self.store.test, max(1, cfg.train.eval_batch_size // ctx.world_size),
+                                       shuffle=False, drop_last=False, **common)
+
+        # ── model ──
+        from ..models import build_model, load_pretrained
+        seed_everything(cfg.train.seed)  # same initial weights on every rank
+        if self._model_arg is not None:
+            model = self._model_arg
+        else:
+            model = build_model(cfg.model.name, num_classes=self.store.num_classes, image_size=H,
+                                width=cfg.model.width, stem=cfg.model.stem)
+            if cfg.model.pretrained:
+                self.pretrained_report = load_pretrained(model, cfg.model.pretrained)
+        model = model.to(ctx.device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+
+        # ── optimiser: one param group per layer group, lr = base · schedule · multiplier ──
+        self.param_groups = build_param_groups(model, cfg.optim.group_lr)
+        opt = torch.optim.SGD(self.param_groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                              weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+        self.lr_mult = [g["mult"] for g in self.param_groups]
+        use_ds_bf16 = cfg.parallel.backend == "deepspeed" and self.dtype == torch.bfloat16
+        self.wrapped = parallel.wrap(model, opt, ctx, micro_batch=self.micro_batch,
+                                     zero_stage=cfg.parallel.zero_stage, bf16=use_ds_bf16,
+                                     grad_clip=cfg.optim.grad_clip)
+        # DeepSpeed bf16 holds bf16 weights itself; everywhere else bf16 means autocast.
+        self.input_dtype = torch.bfloat16 if self.wrapped.compute_dtype_is_bf16_weights else torch.float32
+        self.autocast = (self.dtype == torch.bfloat16) and not self.wrapped.compute_dtype_is_bf16_weights
+        self.runner = self.wrapped
+        self.eval_model = model
+        if cfg.train.compile:
+            self._compile()
+
+        # ── augmentation (fused kernel on CUDA, torch reference elsewhere) ──
+        from ..kernels.augment import Augmenter
+        a = cfg.augment
+        self.augmenter = Augmenter(crop_padding=a.crop_padding, flip=a.flip, cg=a.cg, jitter_p=a.jitter_p,
+                                   jitter=a.jitter, gray_p=a.gray_p, normalize=a.normalize,
+                                   mean=a.mean, std=a.std)
+
+        self.start_epoch = 0
+        if self.resume:
+            self._load_resume_state()
+        for h in self.hooks:
+            h.on_train_start(self)
+        return self
+
+    @staticmethod
+    def _validate(cfg: RunConfig) -> None:
+        t, o = cfg.train, cfg.optim
+        checks = [(t.epochs >= 1, f"train.epochs={t.epochs}: must be >= 1"),
+                  (t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be >= 1"),
+                  (t.eval_batch_size >= 1, f"train.eval_batch_size={t.eval_batch_size}: must be >= 1"),
+                  (o.lr >= 0 and math.isfinite(o.lr), f"optim.lr={o.lr}: must be a finite number >= 0"),
+                  (0 <= o.momentum < 1, f"optim.momentum={o.momentum}: must be in [0, 1)"),
+                  (o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0"),
+                  (o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip}: must be >= 0 (0 = off)"),
+                  (t.log_every >= 1, f"train.log_every={t.log_every}: must be >= 1"),
+                  (cfg.augment.crop_padding >= 0, f"augment.crop_padding={cfg.augment.crop_padding}: must be >= 0")]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        lr_factor(o.schedule, 0, 1)  # validates the schedule name
+
+    def _prepare_run_dir(self) -> None:
+        d = self.run_dir
+        cfg_path = d / "config.json"
+        if self.resume:
+            if not cfg_path.exists():
+                raise UeperfError(f"--resume: {d} holds no run (no config.json); start it without --resume")
+            saved = json.loads(cfg_path.read_text())["config"]
+            diff = _flat_diff(saved, to_dict(self.cfg))
+            if diff:
+                raise ConfigError("--resume: this config differs from the run's saved config in "
+                                  + "; ".join(diff[:6]) + ". Resume with the same recipe and --set values "
+                                  "(or `--resume " + str(d) + "` alone to use the saved config)")
+        else:
+            if (d / "checkpoint.pt").exists() or (d / "records.jsonl").exists():
+                raise UeperfError(f"run folder {d} already holds a run. Continue it with --resume, or "
+                                  f"choose another folder with --set name=NEW (or out_dir=...)")
+            d.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cfg_path, {"config": to_dict(self.cfg), "environment": environment_info(),
+                                         "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def _compile(self) -> None:
+        try:
+            if self.wrapped.engine is None:
+                self.runner = torch.compile(self.wrapped.runner)
+                self.eval_model = torch.compile(self.model)
+            else:  # DeepSpeed's engine compiles itself
+                self.wrapped.engine.compile()
+        except Exception as e:
+            raise UeperfError(f"train.compile=true failed ({type(e).__name__}: {e}); torch.compile needs a "
+                              f"C++ compiler (g++) — install one or set train.compile=false") from None
+
+    # -- resume ----------------------------------------------------------------------------
+    def _checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def _load_resume_state(self) -> None:
+        path = self._checkpoint_path()
+        if not path.exists():
+            # interrupted before the first checkpoint: nothing to load, start at epoch 0
+            self.records = []
+            return
+        state = load_checkpoint(path)
+        self.wrapped.load_state_dict(state["trainer"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.records = list(state["records"])
+        self.lr_mult = list(state.get("lr_mult", self.lr_mult))
+        for h, hs in zip(self.hooks, state.get("hooks", [])):
+            h.load_state_dict(hs)
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        if not self.ctx.is_main:
+            return
+        save_checkpoint(self._checkpoint_path(), {
+            "epoch": epoch, "trainer": self.wrapped.state_dict(), "records": self.records,
+            "lr_mult": self.lr_mult, "hooks": [h.state_dict() for h in self.hooks],
+            "config": json.dumps(to_dict(self.cfg))})
+
+    # -- one epoch -------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast:
+            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def set_lr(self, t: float) -> None:
+        o = self.cfg.optim
+        f = lr_factor(o.schedule, t, self.cfg.train.epochs, warmup=o.warmup_epochs,
+                      milestones=o.milestones, gamma=o.gamma)
+        for g, m in zip(self.wrapped.param_groups, self.lr_mult):
+            g["lr"] = o.lr * f * m
+
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        gen = torch.Generator(device=ctx.device)
+        gen.manual_seed(_mix(cfg.train.seed, epoch, ctx.rank, 0xA06))
+        n_steps = len(self.train_loader)
+        losses = torch.zeros(n_steps, device=ctx.device)          # per-step loss, kept on device
+        correct = torch.zeros((), device=ctx.device, dtype=torch.long)
+        seen = 0
+        bar = None
+        if cfg.train.progress and ctx.is_main:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                       dynamic_ncols=True, file=sys.stderr)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        t0 = time.perf_counter()
+        checked = 0
+        for step, (xb, yb, ib) in enumerate(self.train_loader):
+            self.set_lr(epoch + step / n_steps)
+            x = self.augmenter(xb, generator=gen, out_dtype=self.input_dtype)
+            y = yb
+            for h in self.hooks:
+                x, y = h.on_batch(self, x, y, ib)
+            with self._autocast():
+                logits = self.runner(x)
+                loss = None
+                for h in self.hooks:
+                    loss = h.loss(self, logits, y)
+                    if loss is not None:
+                        break
+                if loss is None:
+                    loss = F.cross_entropy(logits.float(), y)
+            self.wrapped.backward_step(loss, cfg.optim.grad_clip)
+            losses[step] = loss.detach()
+            if y.dim() == 1:  # hard labels (mixup-style hooks give soft ones)
+                correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            if (step + 1) % cfg.train.log_every == 0 or step + 1 == n_steps:
+                self._check_finite(losses, checked, step + 1, epoch)
+                checked = step + 1
+                if bar is not None:
+                    bar.set_postfix(loss=f"{losses[max(0, step + 1 - cfg.train.log_every):step + 1].mean().item():.3f}")
+            if bar is not None:
+                bar.update(1)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        dt = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        tot = torch.stack([losses.sum().double(), correct.double(), torch.tensor(float(seen), device=ctx.device, dtype=torch.float64),
+                           torch.tensor(float(n_steps), device=ctx.device, dtype=torch.float64)])
+        parallel.all_reduce_sum(tot, ctx)
+        dts = torch.tensor([dt], dtype=torch.float64, device=ctx.device)
+        parallel.all_reduce_max(dts, ctx)
+        loss_sum, corr, n_seen, n_steps_all = tot.tolist()
+        return {"train_loss": loss_sum / max(n_steps_all, 1), "train_acc": corr / max(n_seen, 1),
+                "images_per_s": n_seen / max(dts.item(), 1e-9), "train_time_s": dts.item(), "train_images": int(n_seen),
+                "lr": [g["lr"] for g in self.wrapped.param_groups]}
+
+    def _check_finite(self, losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:
+        chunk = losses[start:stop]
+        if not bool(torch.isfinite(chunk).all()):
+            bad = int((~torch.isfinite(chunk)).nonzero()[0].item()) + start
+            raise TrainingDiverged(
+                f"the training loss became {chunk[bad - start].item()} at epoch {epoch + 1}, step {bad + 1} "
+                f"(of {len(losses)}). Lower optim.lr (now {self.cfg.optim.lr}), set optim.grad_clip "
+                f"(e.g. 5.0), or use train.precision=fp32; the last good checkpoint is in {self.run_dir}")
+
+    @torch.no_grad()
+    def evaluate(self, loader=None) -> Dict[str, float]:
+        """Clean accuracy and loss over a loader (default: the test set), summed over ranks."""
+        loader = loader if loader is not None else self.test_loader
+        self.model.eval()
+        ctx = self.ctx
+        acc = torch.zeros(3, device=ctx.device, dtype=torch.float64)
+        for xb, yb, _ in loader:
+            x = self.augmenter.eval_transform(xb, out_dtype=self.input_dtype)
+            with self._autocast():
+                logits = self.eval_model(x)
+            acc[0] += F.cross_entropy(logits.float(), yb, reduction="sum").double()
+            acc[1] += (logits.argmax(1) == yb).sum()
+            acc[2] += yb.shape[0]
+        parallel.all_reduce_sum(acc, ctx)
+        loss, corr, n = acc.tolist()
+        self.model.train()
+        return {"test_loss": loss / max(n, 1), "test_acc": corr / max(n, 1), "test_images": int(n)}
+
+    # -- the run ---------------------------------------------------------------------------
+    def fit(self) -> Dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        writer = RecordWriter(self.run_dir / "records.jsonl") if ctx.is_main else None
+        if writer is not None:
+            writer.truncate_to(self.records)
+        t_run = time.perf_counter()
+        elapsed_before = self.records[-1]["elapsed_s"] if self.records else 0.0
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            self.epoch = epoch
+            rec: Dict[str, Any] = {"epoch": epoch + 1}
+            rec.update(self.train_epoch(epoch))
+            last = epoch + 1 == cfg.train.epochs
+            if last or (epoch + 1) % cfg.train.eval_every == 0:
+                rec.update(self.evaluate())
+            for h in self.hooks:
+                h.on_epoch_end(self, rec)
+            rec["elapsed_s"] = elapsed_before + time.perf_counter() - t_run
+            self.records.append(rec)
+            if writer is not None:
+                writer.append(rec)
+                self._print_epoch(rec)
+            if last or (epoch + 1) % cfg.train.checkpoint_every == 0:
+                self._save_checkpoint(epoch)
+            if rec.get("stop"):
+                break
+        return self.finish()
+
+    def _print_epoch(self, r: Dict[str, Any]) -> None:
+        if not self.cfg.train.progress:
+            return
+        test = f"  clean test acc {100 * r['test_acc']:.2f}%" if "test_acc" in r else ""
+        print(f"epoch {r['epoch']:>3}/{self.cfg.train.epochs}  loss {r['train_loss']:.4f}  "
+              f"train acc {100 * r['train_acc']:.2f}%{test}  {r['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+
+    def finish(self) -> Dict[str, Any]:
+        final = next((r for r in reversed(self.records) if "test_acc" in r), {})
+        summary = {
+            "run_dir": str(self.run_dir), "recipe": self.cfg.recipe, "epochs": len(self.records),
+            "final_test_acc": final.get("test_acc"), "final_train_acc": self.records[-1]["train_acc"] if self.records else None,
+            "best_test_acc": max((r["test_acc"] for r in self.records if "test_acc" in r), default=None),
+            "mean_images_per_s": (sum(r["images_per_s"] for r in self.records) / len(self.records)) if self.records else None,
+            "total_time_s": self.records[-1]["elapsed_s"] if self.records else 0.0,
+            "world_size": self.ctx.world_size, "backend": self.ctx.backend, "device": str(self.ctx.device),
+            "dataset": self.store.manifest.get("name"), "model": self.cfg.model.name,
+        }
+        if self.ctx.is_main:
+            write_json_atomic(self.run_dir / "summary.json", summary)
+            try:
+                from ..reports.plots import plot_training
+                plot_training(self.records, self.run_dir / "curves.png",
+                              title=f"{self.cfg.model.name} on {summary['dataset']} ({self.cfg.recipe or 'custom'})")
+            except ImportError:
+                print("matplotlib is not installed: skipped curves.png (pip install matplotlib)", file=sys.stderr)
+        return summary
+
+    def close(self) -> None:
+        parallel.shutdown(self.ctx)
+
+
+def train(cfg: RunConfig, *, resume: bool = False, hooks: Sequence[TrainHook] = (),
+          run_dir: Optional[os.PathLike] = None) -> Dict[str, Any]:
+    """Run ``cfg`` to the end (or continue it with ``resume``) and return the summary."""
+    tr = Trainer(cfg, hooks=hooks, resume=resume, run_dir=run_dir)
+    try:
+        tr.setup()
+        return tr.fit()
+    finally:
+        if hasattr(tr, "ctx"):
+            tr.close()
+
+
+def load_run_config(run_dir: os.PathLike) -> RunConfig:
+    """The resolved config saved in a run folder."""
+    p = Path(run_dir) / "config.json"
+    if not p.exists():
+        raise UeperfError(f"{run_dir} holds no run (no config.json)")
+    return from_dict(RunConfig, json.loads(p.read_text())["config"])

@@ -1,0 +1,240 @@
+"""The model base class every registered architecture derives from, and shared helpers.
+
+A :class:`UEModel` is a classifier ``f = h ∘ g`` (spec §1): ``features(x)`` is g, the penultimate
+activation after global average pooling, shape (N, D); ``head`` is h, the final ``nn.Linear``
+(D → K). ``layer_groups()`` splits the model into ordered parameter groups ℓ = 1..L, shallow → deep
+(spec §4.3); per-group learning rates (ST), partial freezing (paradigms LP / PF-k, spec §5) and
+per-layer activation statistics act on these groups.
+
+In-place ReLUs: the architectures apply ``ReLU(inplace=True)`` only to a tensor that nothing else
+reads afterwards (the output of a BatchNorm or of a residual sum), which autograd allows. A forward
+hook on a BatchNorm module therefore sees a tensor that the next ReLU overwrites; hook the block
+(or the group module) instead — block outputs are never modified in place.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+GroupRef = Union[int, str]
+
+STEMS = ("cifar", "imagenet")
+
+
+def scale_channels(channels: int, width: float) -> int:
+    """``channels`` multiplied by the width multiplier, rounded, at least 1.
+
+    ``width = 1.0`` returns ``channels`` unchanged, so width 1 is the published architecture.
+    """
+    return max(1, int(round(channels * width)))
+
+
+def init_weights(model: nn.Module) -> None:
+    """Standard initialisation (as torchvision's ResNet and the common CIFAR model zoos).
+
+    Convolutions: Kaiming normal, ``mode="fan_out"``, ReLU gain (He et al. 2015), bias 0.
+    BatchNorm: weight 1, bias 0. Linear layers keep PyTorch's default (uniform ±1/sqrt(fan_in)),
+    as torchvision's ResNet does. On the meta device these calls are no-ops, so counting
+    parameters of a width-1 model on ``torch.device("meta")`` allocates nothing.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def global_pool(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) → (N, C): global average pooling, flattened.
+
+    ``adaptive_avg_pool2d`` keeps channels-last inputs fast and works for any H, W ≥ 1;
+    ``flatten`` (a reshape) is valid for both memory formats, unlike ``view``.
+    """
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+class UEModel(nn.Module):
+    """Base class of the registered classifiers.
+
+    Subclasses set ``head_name`` (the attribute name of the final ``nn.Linear``, so checkpoint
+    keys stay torchvision-compatible: ``fc`` for ResNets, ``classifier`` for VGG/DenseNet) and
+    implement :meth:`features` and :meth:`layer_groups`.
+
+    Attributes set by :func:`ueperf.models.build_model`: ``arch`` (registered name), ``stem``
+    ("cifar" | "imagenet"), ``width``, ``num_classes``.
+    """
+
+    head_name: str = "fc"
+    #: (regex, replacement) pairs that rename keys of foreign checkpoints to this model's names
+    #: (e.g. the CIFAR model zoos' ``linear.`` → ``fc.``); see :mod:`ueperf.models.pretrained`.
+    checkpoint_aliases: Tuple[Tuple[str, str], ...] = ()
+    #: the stem convolution's state_dict key, named in "wrong stem" checkpoint errors.
+    stem_conv_key: str = "conv1.weight"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arch = type(self).__name__.lower()
+        self.stem = "cifar"
+        self.width = 1.0
+        self.num_classes = 0
+        # Indices (into layer_groups()) of frozen groups; train() keeps their modules in eval.
+        self._frozen_groups: set = set()
+
+    # ── the classifier ──────────────────────────────────────────────────────────────────────
+    @property
+    def head(self) -> nn.Linear:
+        """The final linear layer h: (N, D) → (N, K) logits."""
+        return self.get_submodule(self.head_name)
+
+    @property
+    def feature_dim(self) -> int:
+        """D, the width of :meth:`features`' output (= ``head.in_features``)."""
+        return self.head.in_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """(N, 3, H, W) float images → (N, D) penultimate activations after global pooling."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float images → (N, K) logits, ``head(features(x))``."""
+        return self.head(self.features(x))
+
+    # ── layer groups ────────────────────────────────────────────────────────────────────────
+    def layer_groups(self) -> List[Tuple[str, nn.Module]]:  # pragma: no cover - abstract
+        """Ordered (name, module) groups, shallow → deep (spec §4.3).
+
+        Every parameter and every buffer (BatchNorm statistics) of the model belongs to exactly
+        one group; the first group holds the stem convolution, the last one the head. A group that
+        spans several sibling modules is returned as a fresh ``nn.ModuleList``/``nn.Sequential``
+        view over them (it is not registered on the model, so the state_dict is unchanged).
+        """
+        raise NotImplementedError
+
+    def group_stages(self) -> List[int]:  # pragma: no cover - abstract
+        """Resolution stage of each group, aligned with :meth:`layer_groups`.
+
+        0 = stem (before the first stage), 1..S = body stages (one per feature-map resolution:
+        ResNet ``layer1..layer4``), S + 1 = head. Paradigm PF-k (spec §5) freezes the groups with
+        stage ≤ k.
+        """
+        raise NotImplementedError
+
+    def group_names(self) -> List[str]:
+        return [name for name, _ in self.layer_groups()]
+
+    def group_parameters(self, trainable_only: bool = False) -> List[Tuple[str, List[nn.Parameter]]]:
+        """[(group name, [parameters])] shallow → deep, e.g. to build per-group optimiser groups.
+
+        ``trainable_only`` drops parameters with ``requires_grad=False`` (frozen groups then come
+        back with an empty list, so group indices stay aligned with :meth:`layer_groups`).
+        """
+        out = []
+        for name, module in self.layer_groups():
+            params = [p for p in module.parameters() if p.requires_grad or not trainable_only]
+            out.append((name, params))
+        return out
+
+    def _group_index(self, ref: GroupRef, groups: Sequence[Tuple[str, nn.Module]]) -> int:
+        names = [n for n, _ in groups]
+        if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+            raise ConfigError(f"layer group must be an index or a name, got {ref!r}. "
+                              f"Groups of {self.arch}: {', '.join(names)}")
+        if isinstance(ref, str):
+            if ref not in names:
+                raise ConfigError(f"{self.arch} has no layer group {ref!r}. "
+                                  f"Its groups, shallow → deep: {', '.join(names)}")
+            return names.index(ref)
+        if not -len(names) <= ref < len(names):
+            raise ConfigError(f"layer group index {ref} is out of range: {self.arch} has "
+                              f"{len(names)} groups (0..{len(names) - 1}): {', '.join(names)}")
+        return ref % len(names)
+
+    def set_group_trainable(self, group: GroupRef, trainable: bool) -> None:
+        """Freeze (``trainable=False``) or unfreeze one group, by index (0-based) or name.
+
+        Frozen means ``requires_grad=False`` for its parameters AND its modules in eval mode
+        (BatchNorm uses and keeps its running statistics) even after ``model.train()``
+        (spec §5: "BN of frozen part: eval mode").
+        """
+        groups = self.layer_groups()
+        i = self._group_index(group, groups)
+        module = groups[i][1]
+        for p in module.parameters():
+            p.requires_grad_(trainable)
+        if trainable:
+            self._frozen_groups.discard(i)
+            module.train(self.training)
+        else:
+            self._frozen_groups.add(i)
+            module.eval()
+
+    def freeze_groups(self, groups: Iterable[GroupRef]) -> None:
+        """Freeze each of ``groups`` (indices or names); see :meth:`set_group_trainable`."""
+        for g in groups:
+            self.set_group_trainable(g, False)
+
+    def unfreeze_all(self) -> None:
+        """Make every group trainable again (requires_grad and train/eval follow the model)."""
+        for i in range(len(self.layer_groups())):
+            self.set_group_trainable(i, True)
+
+    def frozen_groups(self) -> List[int]:
+        """Sorted indices of the frozen groups."""
+        return sorted(self._frozen_groups)
+
+    def train(self, mode: bool = True) -> "UEModel":
+        """Like ``nn.Module.train`` but frozen groups stay in eval mode."""
+        super().train(mode)
+        if mode and self._frozen_groups:
+            groups = self.layer_groups()
+            for i in self._frozen_groups:
+                groups[i][1].eval()
+        return self
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch}, stem={self.stem}, width={self.width}, num_classes={self.num_classes}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture: how to build it and what it supports.
+
+    ``build(num_classes, width, stem)`` returns the model; ``stems`` lists the stems it has
+    (the first is the default for small images); ``min_size[stem]`` is the smallest image side
+    the network accepts (its total down-sampling factor); ``description`` is for listings.
+    """
+
+    name: str
+    build: Callable[[int, float, str], UEModel]
+    stems: Tuple[str, ...]
+    min_size: dict
+    description: str
+
+    def __call__(self, num_classes: int, width: float = 1.0, stem: str = "cifar") -> UEModel:
+        return self.build(num_classes, width, stem)
+
+
+def check_positive_int(value: object, what: str, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}. {hint}")
+    return value
+
+
+def check_width(width: object) -> float:
+    """Validate a width multiplier: a finite number in (0, 16]."""
+    ok = (not isinstance(width, bool) and isinstance(width, (int, float))
+          and math.isfinite(width) and 0 < width <= 16)
+    if not ok:
+        raise ConfigError(f"model width must be a number in (0, 16] that multiplies every channel "
+                          f"count (1.0 = the published architecture, 0.25 = a quick CPU model), "
+                          f"got {width!r}. Set model.width accordingly.")
+    return float(width)

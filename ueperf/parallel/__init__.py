@@ -1,0 +1,231 @@
+"""Process groups, model wrapping and collectives — the ONLY place that imports
+``torch.distributed`` or ``deepspeed``.
+
+The engine talks to a :class:`DistContext` and a :class:`Wrapped` model; it never branches on
+the backend itself. The same training code runs as one process (``python -m ueperf.train``), under
+DDP (``torchrun --nproc_per_node=N -m ueperf.train``) or with DeepSpeed ZeRO-1/2
+(``--set parallel.backend=deepspeed``, also under torchrun).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+
+_BACKENDS = ("auto", "none", "ddp", "deepspeed")
+
+
+@dataclass
+class DistContext:
+    """Where this process sits: rank r of world_size, on `device`, using `backend`."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str = "none"          # none | ddp | deepspeed
+    initialized_here: bool = False  # we created the process group (and so destroy it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 or self.backend == "deepspeed"
+
+
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    return int(v) if v not in (None, "") else default
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → cuda:<local_rank> when CUDA is present, else cpu."""
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={spec!r} but CUDA is not available on this machine; "
+                          f"use train.device=cpu (or auto)")
+    if spec == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"train.device={spec!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+
+
+def init(backend: str = "auto", device: str = "auto", dist_backend: str = "auto") -> DistContext:
+    """Set up this process: read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), pick the
+    device, and initialise the process group when there is more than one process (or DeepSpeed).
+    """
+    if backend not in _BACKENDS:
+        raise ConfigError(f"parallel.backend={backend!r}: expected one of {', '.join(_BACKENDS)}")
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if backend == "auto":
+        backend = "ddp" if world > 1 else "none"
+    if backend == "none" and world > 1:
+        raise ConfigError(f"parallel.backend=none but WORLD_SIZE={world}: use ddp or deepspeed under torchrun")
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend)
+    if backend in ("ddp", "deepspeed"):
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            if "MASTER_ADDR" not in os.environ:
+                if world > 1:
+                    raise ConfigError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun")
+                # a single-process DeepSpeed run: a private one-member group on loopback
+                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+                os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+            pg = dist_backend if dist_backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
+            dist.init_process_group(pg, rank=rank, world_size=world,
+                                    device_id=dev if (pg == "nccl") else None)
+            ctx.initialized_here = True
+    return ctx
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.initialized_here:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        ctx.initialized_here = False
+
+
+# ───────────────────────────────────────────── collectives ──
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (no-op on one process). Returns ``t``."""
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
+    if ctx.world_size <= 1:
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any, ctx: DistContext) -> List[Any]:
+    if ctx.world_size <= 1:
+        return [obj]
+    import torch.distributed as dist
+    out: List[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+# ───────────────────────────────────────────── wrapped model ──
+class Wrapped:
+    """A model + optimiser behind one interface for every backend.
+
+    ``module`` is the bare model (for evaluation, state dicts, layer groups); ``forward`` goes
+    through the DDP/DeepSpeed wrapper; ``backward_step(loss, grad_clip)`` does backward, optional
+    global-norm clipping and the optimiser step; ``param_groups`` are the optimiser's groups (the
+    engine writes learning rates there each step).
+    """
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext,
+                 runner: Optional[nn.Module] = None, engine: Any = None):
+        self.module = module
+        self.optimizer = optimizer
+        self.ctx = ctx
+        self.runner = runner if runner is not None else module
+        self.engine = engine  # DeepSpeed engine, or None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runner(x)
+
+    @property
+    def param_groups(self) -> List[Dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    def zero_grad(self) -> None:
+        if self.engine is None:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def backward_step(self, loss: torch.Tensor, grad_clip: float = 0.0) -> None:
+        if self.engine is not None:
+            # DeepSpeed owns backward, clipping (config "gradient_clipping") and the step.
+            self.engine.backward(loss)
+            self.engine.step()
+            return
+        loss.backward()
+        if grad_clip > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # -- checkpoints: always in the bare model's own names, so any backend can resume any other --
+    def state_dict(self) -> Dict[str, Any]:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    @property
+    def compute_dtype_is_bf16_weights(self) -> bool:
+        """DeepSpeed bf16 keeps the module in bf16: inputs must be bf16 too."""
+        return self.engine is not None and bool(getattr(self.engine, "bfloat16_enabled", lambda: False)())
+
+
+def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext, *,
+         micro_batch: int, zero_stage: int = 1, bf16: bool = False, grad_clip: float = 0.0,
+         find_unused_parameters: bool = False) -> Wrapped:
+    """Wrap ``model``/``optimizer`` for ``ctx.backend``. ``micro_batch`` is the per-rank batch."""
+    if ctx.backend == "none":
+        return Wrapped(model, optimizer, ctx)
+    if ctx.backend == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        ddp = DDP(model, device_ids=ids, broadcast_buffers=True,
+                  find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True)
+        return Wrapped(model, optimizer, ctx, runner=ddp)
+    if ctx.backend == "deepspeed":
+        if zero_stage not in (1, 2):
+            raise ConfigError(f"parallel.zero_stage={zero_stage}: ueperf supports ZeRO stages 1 and 2")
+        try:
+            import deepspeed
+        except ImportError:
+            raise ConfigError("parallel.backend=deepspeed needs DeepSpeed: "
+                              "DS_BUILD_OPS=0 pip install 'ueperf[deepspeed]'") from None
+        ds_config = {
+            "train_micro_batch_size_per_gpu": int(micro_batch),
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": int(zero_stage)},
+            "bf16": {"enabled": bool(bf16)},
+            "gradient_clipping": float(grad_clip),
+            "steps_per_print": 10 ** 9,
+            "wall_clock_breakdown": False,
+        }
+        engine, ds_opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
+                                                    dist_init_required=False)
+        return Wrapped(model, ds_opt, ctx, runner=engine, engine=engine)
+    raise ConfigError(f"unknown parallel backend {ctx.backend!r}")

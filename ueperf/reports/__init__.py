@@ -1,0 +1,1 @@
+"""Run records (JSONL), summaries, tables and plots."""

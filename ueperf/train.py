@@ -1,0 +1,80 @@
+"""Train a model: ``python -m ueperf.train --recipe NAME --set key=value ...``.
+
+The same command runs under ``torchrun --nproc_per_node=N -m ueperf.train`` (DDP by default;
+DeepSpeed with ``--set parallel.backend=deepspeed``). ``--resume`` continues an interrupted run
+from its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ueperf.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="demo", help="recipe name (default: demo, the embedded sample)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue an interrupted run: same command plus --resume, or --resume RUN_DIR "
+                        "to use the run's saved config")
+    p.add_argument("--list", choices=["recipes", "models", "datasets", "keys"],
+                   help="list registered names (or config keys) and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import all_keys, apply_overrides, dumps
+    from .recipes import RECIPES, build
+
+    if args.list:
+        if args.list == "recipes":
+            names = RECIPES.names()
+        elif args.list == "models":
+            from .models import MODELS
+            names = MODELS.names()
+        elif args.list == "datasets":
+            from .data import SOURCES
+            names = SOURCES.names()
+        else:
+            from .config import RunConfig
+            names = all_keys(RunConfig())
+        print("\n".join(names))
+        return 0
+
+    from .engine.trainer import load_run_config, train
+    run_dir = None
+    if isinstance(args.resume, str):
+        run_dir = args.resume
+        cfg = load_run_config(run_dir)
+        apply_overrides(cfg, args.overrides)
+    else:
+        cfg = build(args.recipe)
+        apply_overrides(cfg, args.overrides)
+    if args.print_config:
+        print(dumps(cfg))
+        return 0
+    summary = train(cfg, resume=bool(args.resume), run_dir=run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        acc = summary.get("final_test_acc")
+        print(json.dumps({k: summary[k] for k in ("final_test_acc", "mean_images_per_s", "total_time_s")}))
+        print(f"done: clean test accuracy {100 * acc:.2f}% after {summary['epochs']} epochs; "
+              f"outputs in {summary['run_dir']}/ (config.json, records.jsonl, checkpoint.pt, "
+              f"summary.json, curves.png)" if acc is not None else f"done; outputs in {summary['run_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+    run_cli(main)
+
+
+def _console() -> None:
+    """Entry point of the ``ueperf-train`` console script."""
+    from .cli import run_cli
+    run_cli(main)
