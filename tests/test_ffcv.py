@@ -227,6 +227,26 @@ def test_jpeg_encoding_is_close(tmp_path):
     assert sorted(seen) == list(range(10))
 
 
+@needs_ffcv
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected error
+def test_producer_failure_raises_instead_of_hanging(tmp_path):
+    import threading
+
+    loader = fl.FFCVLoader(_split(), 4, device="cpu", num_workers=1, beton_path=tmp_path / "f.beton")
+
+    def boom(**kwargs):  # stands in for a decoding stage that fails inside FFCV's thread
+        raise ValueError("injected decode failure")
+
+    code, outputs = loader._loader.code
+    loader._loader.code = ([(boom, [])], outputs)
+    caught = []
+    t = threading.Thread(target=lambda: caught.append(pytest.raises(DataError, _epoch, loader)),
+                         daemon=True)
+    t.start()
+    t.join(timeout=30)  # FFCV's own iterator would block here forever
+    assert not t.is_alive() and caught and "loader thread stopped" in str(caught[0].value)
+
+
 def test_bad_arguments():
     if _ERR is not None:
         pytest.skip(f"ffcv is not importable ({_ERR})")

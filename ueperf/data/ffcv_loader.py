@@ -54,6 +54,7 @@ BETON_FORMAT = "ueperf-ffcv-beton/1"  # version of the sidecar JSON written next
 ENCODINGS = ("raw", "jpg")
 _INSTALL_HINT = "pip install ueperf[ffcv] (needs apt libturbojpeg0-dev libopencv-dev)"
 _HASH_CHUNK = 8 << 20  # 8 MiB: fingerprinting in-memory splits in bounded slices
+_POLL_S = 0.5  # how often a waiting iterator checks that FFCV's producer thread is alive
 
 
 # ───────────────────────────────────────────── optional import ──
@@ -407,7 +408,7 @@ class FFCVLoader:
         dev = self.device
 
         def scalar():  # IntDecoder gives (B, 1) int64; Squeeze(1), not Squeeze(): B=1 must stay (1,)
-            return [dec.IntDecoder(), tr.ToTensor(), tr.Squeeze(), tr.ToDevice(dev, non_blocking)]
+            return [dec.IntDecoder(), tr.ToTensor(), tr.Squeeze(1), tr.ToDevice(dev, non_blocking)]
 
         pipelines = {
             "image": [dec.SimpleRGBImageDecoder(), tr.ToTensor(), tr.ToDevice(dev, non_blocking)],
@@ -451,13 +452,43 @@ class FFCVLoader:
         self._loader.next_epoch = self.epoch  # ffcv asks the order for sample_order(next_epoch)
         self.epoch += 1
         threads = torch.get_num_threads()
-        it = iter(self._loader)  # starts FFCV's producer thread (compiles the pipeline once)
+        it = iter(self._loader)  # starts FFCV's producer thread (an ffcv EpochIterator)
         torch.set_num_threads(threads)
         try:
-            for x, y, idx in it:
+            while True:
+                item = self._next_item(it)
+                if item is None:  # the producer's end-of-epoch marker
+                    break
+                slot, (x, y, idx) = item
+                # As EpochIterator.__next__: on CUDA, wait for the copy stream of this slot.
+                stream = it.cuda_streams[slot]
+                if stream is not None:
+                    it.current_stream.wait_stream(stream)
                 yield x.clone(), y.clone(), idx.clone()
         finally:
-            it.close()  # stop the producer thread when the caller breaks out early
+            it.close()  # stops the producer thread when the caller breaks out early
+
+    def _next_item(self, it):
+        """The producer's next queue item, or DataError if its thread died.
+
+        FFCV's own ``__next__`` blocks on the queue forever when the producer thread raised
+        (for instance ``Squeeze()`` on a batch of one); polling with a timeout and checking the
+        thread turns that hang into an error.
+        """
+        import queue
+
+        while True:
+            try:
+                return it.output_queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                if it.is_alive():
+                    continue
+            try:  # the thread has ended: everything it put is in the queue now
+                return it.output_queue.get_nowait()
+            except queue.Empty:
+                raise DataError(f"FFCV's loader thread stopped with an error while reading "
+                                f"{self.beton_path} (its traceback is printed above). If the beton "
+                                f"is damaged, delete it (and its .json) so it is rewritten.") from None
 
     def __repr__(self) -> str:
         return (f"FFCVLoader({str(self.beton_path)!r}, n={self.n}, batch_size={self.batch_size}, "

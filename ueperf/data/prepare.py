@@ -39,17 +39,25 @@ def _fingerprint(root: Optional[Path]) -> Any:
     if root.is_file():
         st = root.stat()
         return [st.st_size, st.st_mtime_ns]
+    # Every file's (relative path, size, mtime): catches added, removed, replaced and edited
+    # files; ~0.3 s for tiny-imagenet-100's 55,000 files (scandir: no per-file path joins).
     h = hashlib.sha256()
     n = 0
-    for dirpath, dirnames, fnames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for f in sorted(fnames):
-            p = os.path.join(dirpath, f)
+    stack = [("", str(root))]
+    while stack:
+        rel, path = stack.pop()
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            r = f"{rel}/{e.name}" if rel else e.name
             try:
-                st = os.stat(p)
-            except OSError:  # dangling link: not data
+                if e.is_dir():
+                    stack.append((r, e.path))
+                    continue
+                st = e.stat()
+            except OSError:  # dangling link or vanished file: not data
                 continue
-            h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{r}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             n += 1
     return [n, h.hexdigest()]
 

@@ -188,7 +188,9 @@ class Trainer:
             if cfg.model.pretrained:
                 self.pretrained_report = load_pretrained(model, cfg.model.pretrained)
         model = model.to(ctx.device)
-        if cfg.train.channels_last:
+        # DeepSpeed ZeRO flattens parameters into contiguous buffers (and its broadcast views them as
+        # bytes), so its weights stay NCHW; inputs are still channels-last and convs adapt.
+        if cfg.train.channels_last and cfg.parallel.backend != "deepspeed":
             model = model.to(memory_format=torch.channels_last)
         self.model = model
 
@@ -211,10 +213,7 @@ class Trainer:
 
         # ── augmentation (fused kernel on CUDA, torch reference elsewhere) ──
         from ..kernels.augment import Augmenter
-        a = cfg.augment
-        self.augmenter = Augmenter(crop_padding=a.crop_padding, flip=a.flip, cg=a.cg, jitter_p=a.jitter_p,
-                                   jitter=a.jitter, gray_p=a.gray_p, normalize=a.normalize,
-                                   mean=a.mean, std=a.std)
+        self.augmenter = Augmenter.from_config(cfg.augment)
 
         self.start_epoch = 0
         if self.resume:
@@ -282,7 +281,10 @@ class Trainer:
             self.records = []
             return
         state = load_checkpoint(path)
-        self.wrapped.load_state_dict(state["trainer"])
+        if state.get("deepspeed_tag"):
+            self.wrapped.load_sharded(str(self.run_dir / "deepspeed"), state["deepspeed_tag"])
+        else:
+            self.wrapped.load_state_dict(state["trainer"])
         self.start_epoch = int(state["epoch"]) + 1
         self.records = list(state["records"])
         self.lr_mult = list(state.get("lr_mult", self.lr_mult))
@@ -290,12 +292,23 @@ class Trainer:
             h.load_state_dict(hs)
 
     def _save_checkpoint(self, epoch: int) -> None:
+        tag = None
+        if self.wrapped.engine is not None:  # DeepSpeed: sharded, written by every rank
+            tag = f"epoch{epoch + 1}"
+            self.wrapped.save_sharded(str(self.run_dir / "deepspeed"), tag)
+            parallel.barrier(self.ctx)
         if not self.ctx.is_main:
             return
         save_checkpoint(self._checkpoint_path(), {
-            "epoch": epoch, "trainer": self.wrapped.state_dict(), "records": self.records,
+            "epoch": epoch, "trainer": None if tag else self.wrapped.state_dict(), "deepspeed_tag": tag,
+            "records": self.records,
             "lr_mult": self.lr_mult, "hooks": [h.state_dict() for h in self.hooks],
             "config": json.dumps(to_dict(self.cfg))})
+        if tag:  # checkpoint.pt now points at `tag`: older DeepSpeed tags are garbage
+            import shutil
+            for old in (self.run_dir / "deepspeed").glob("epoch*"):
+                if old.name != tag and old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
 
     # -- one epoch -------------------------------------------------------------------------
     def _autocast(self):

@@ -25,8 +25,8 @@ Pipeline, per sample n (fixed order; torchvision's functional definitions, float
    ``gray[n]``.
 5. **normalisation** (optional): ``x ← (x - mean[ch]) / std[ch]``.
 
-Units: uint8 input is divided by 255 (exactly as ``x.float() / 255``); float input must already
-be in [0, 1]. Output: logical shape (N, 3, H, W), channels-last memory (= NHWC in memory),
+Units: uint8 input is divided by 255 (IEEE division: bit-equal to ``x.float() / 255`` on CPU);
+float input must already be in [0, 1]. Output: logical shape (N, 3, H, W), channels-last memory (= NHWC in memory),
 dtype ``out_dtype``.
 
 Contents: :class:`AugmentParams` (per-sample random draws), :func:`sample_params`,
@@ -43,7 +43,6 @@ from dataclasses import dataclass, fields
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 from ueperf.errors import ConfigError
 from ueperf.kernels._dispatch import use_triton
@@ -64,7 +63,8 @@ class AugmentParams:
     """Per-sample augmentation parameters, all on the batch's device.
 
     Attributes:
-        offset: (N, 2) int32 crop offsets (dy, dx) into the zero-padded image, in [0, 2·padding].
+        offset: (N, 2) int32 crop offsets (dy, dx) into the zero-padded image, in [0, 2·padding]
+            (values outside that range are allowed: they read zeros beyond the image).
         flip: (N,) bool (or int8, nonzero = flip) horizontal flip.
         jitter_on: (N,) bool, apply colour jitter to this sample.
         factors: (N, 4) float32 (brightness b, contrast c, saturation s, hue h); b, c, s are
@@ -217,9 +217,11 @@ def sample_params(
 
 def _check_batch(x: torch.Tensor, params: AugmentParams) -> None:
     if x.dim() != 4 or x.shape[-1] != 3:
-        raise ValueError(f"augment expects an NHWC batch of shape (N, H, W, 3), got {tuple(x.shape)}")
+        raise ValueError(
+            f"augment expects an NHWC batch of shape (N, H, W, 3), got {tuple(x.shape)}")
     if len(params) != x.shape[0]:
-        raise ValueError(f"augment: {len(params)} parameter rows for a batch of {x.shape[0]} images")
+        raise ValueError(
+            f"augment: {len(params)} parameter rows for a batch of {x.shape[0]} images")
     if params.device != x.device:
         raise ValueError(f"augment: params on {params.device} but the batch is on {x.device}")
 
@@ -289,6 +291,15 @@ def _adjust_hue(img: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     return _hsv_to_rgb(h, s, v)
 
 
+def _per_channel(values: Tuple[float, float, float], dtype: torch.dtype, device) -> torch.Tensor:
+    """A (3,) tensor of Python floats built on ``device`` with fills (``torch.tensor(list,
+    device=cuda)`` would be a blocking host→device copy on every call)."""
+    t = torch.full((3,), values[2], dtype=dtype, device=device)
+    t[0] = values[0]
+    t[1] = values[1]
+    return t
+
+
 def _maybe(flags: torch.Tensor) -> bool:
     """Whether any sample might need a stage. On CPU the answer is exact (no sync cost), so
     unused stages are skipped; on an accelerator we do not sync and always run the stage."""
@@ -320,7 +331,10 @@ def augment_ref(
     _check_batch(x, params)
     norm = _norm_consts(mean, std)
     if x.dtype == torch.uint8:
-        img = x.to(torch.float32) / 255.0
+        # A device tensor divisor keeps this an IEEE division on CUDA too (torch turns division
+        # by a Python scalar into multiplication by its reciprocal there, off by 1 ulp for 126
+        # of the 256 values); the kernel's div_rn matches it bit for bit.
+        img = x.to(torch.float32) / torch.full((), 255.0, device=x.device)
     elif x.is_floating_point():
         img = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
     else:
@@ -330,15 +344,22 @@ def augment_ref(
     view = (N, 1, 1, 1)  # per-sample scalars broadcast over (H, W, 3)
 
     # --- crop from the zero-padded image + flip, as one gather (differentiable) --------------
+    # Output (i, j) reads source row i + dy - p and column (W-1-j if flip else j) + dx - p;
+    # sources outside the image are the zero padding. Gathering with clamped indices and
+    # zeroing the invalid ones (rather than F.pad + gather) gives the same values, and defines
+    # offsets outside [0, 2p] the same way the kernel does (zeros beyond the image).
     p = int(params.padding)
-    padded = F.pad(img, (0, 0, p, p, p, p)) if p > 0 else img  # (N, H+2p, W+2p, 3), zeros outside
     off = params.offset.to(torch.long)
-    rows = off[:, 0:1] + torch.arange(H, device=dev)  # (N, H) row in the padded image
-    cols_id = torch.arange(W, device=dev)
+    ii = torch.arange(H, device=dev)
+    jj = torch.arange(W, device=dev)
     flip = params.flip.to(torch.bool)
-    cols = off[:, 1:2] + torch.where(flip[:, None], W - 1 - cols_id, cols_id)  # (N, W)
-    nidx = torch.arange(N, device=dev)
-    img = padded[nidx[:, None, None], rows[:, :, None], cols[:, None, :]]  # (N, H, W, 3)
+    src_i = off[:, 0:1] - p + ii  # (N, H)
+    src_j = off[:, 1:2] - p + torch.where(flip[:, None], W - 1 - jj, jj)  # (N, W)
+    valid = (((src_i >= 0) & (src_i < H))[:, :, None]
+             & ((src_j >= 0) & (src_j < W))[:, None, :])  # (N, H, W)
+    nidx = torch.arange(N, device=dev)[:, None, None]
+    img = img[nidx, src_i.clamp(0, H - 1)[:, :, None], src_j.clamp(0, W - 1)[:, None, :]]
+    img = torch.where(valid[..., None], img, torch.zeros((), dtype=dt, device=dev))  # (N,H,W,3)
 
     # --- colour jitter: brightness → contrast → saturation → hue -----------------------------
     on = params.jitter_on.to(torch.bool)
@@ -362,9 +383,7 @@ def augment_ref(
 
     # --- normalisation -----------------------------------------------------------------------
     if norm is not None:
-        m_t = torch.tensor(norm[0], dtype=dt, device=dev)
-        s_t = torch.tensor(norm[1], dtype=dt, device=dev)
-        img = (img - m_t) / s_t
+        img = (img - _per_channel(norm[0], dt, dev)) / _per_channel(norm[1], dt, dev)
 
     # NHWC memory viewed as logical NCHW *is* channels-last.
     out = img.permute(0, 3, 1, 2).to(out_dtype)
@@ -448,8 +467,8 @@ def _kernels():
             sj = jj + dx
             valid = inb & (si >= 0) & (si < H) & (sj >= 0) & (sj < W)
             src = (si * W + sj) * 3
-            # div_rn: IEEE division, bit-equal to torch's x / 255 (x · (1/255) is not, for 126
-            # of the 256 values; Triton's plain '/' is the 2-ulp div.full on NVIDIA).
+            # div_rn: IEEE division, bit-equal to the reference (x · (1/255) is not, for 126
+            # of the 256 values; Triton's plain '/' may lower to an approximate division).
             r = tl.math.div_rn(tl.load(xb + src, mask=valid, other=0).to(tl.float32), 255.0)
             g = tl.math.div_rn(tl.load(xb + src + 1, mask=valid, other=0).to(tl.float32), 255.0)
             b = tl.math.div_rn(tl.load(xb + src + 2, mask=valid, other=0).to(tl.float32), 255.0)
@@ -708,7 +727,8 @@ class Augmenter:
         mean, std = self._norm()
         return augment(x, params, mean=mean, std=std, out_dtype=out_dtype)
 
-    def eval_transform(self, x: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def eval_transform(self, x: torch.Tensor,
+                       out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Test batches: /255, this augmenter's normalisation, channels-last; no randomness."""
         key = (int(x.shape[0]), x.device)
         params = self._identity.get(key)

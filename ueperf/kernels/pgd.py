@@ -105,7 +105,8 @@ def pgd_step_ref(
     return _project_math(d, xf, float(eps), norm).to(delta.dtype)
 
 
-def project_ref(delta: torch.Tensor, x: torch.Tensor, *, eps: float, norm: str = "linf") -> torch.Tensor:
+def project_ref(delta: torch.Tensor, x: torch.Tensor, *, eps: float,
+                norm: str = "linf") -> torch.Tensor:
     """Project δ onto the ε-ball of ``norm`` and clip so x + δ ∈ [0, 1] (no gradient step).
     Returns a new tensor of δ's dtype."""
     _check(delta, x, None, eps, 0.0, norm)
@@ -187,7 +188,8 @@ def _kernels():
 def _dense(t: torch.Tensor) -> bool:
     """Contiguous or channels-last: the batch dim is outermost and every sample's elements form
     one contiguous block of storage, which is all the kernels need."""
-    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+    return t.is_contiguous() or (
+        t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
 
 
 def _launch(delta, grad, x, *, alpha, eps, norm, sign, out):

@@ -33,20 +33,20 @@ def _load_builtin_models() -> None:
     """Register the built-in architectures (imports their modules; called lazily by MODELS)."""
     from . import densenet, resnet, vgg, wrn
 
-    both, cifar = ("cifar", "imagenet"), ("cifar",)
     # min_size = total down-sampling factor: the smallest side that still leaves a 1×1 map.
     specs = [
-        ModelSpec("resnet18", resnet.resnet18, both, {"cifar": 8, "imagenet": 32},
+        ModelSpec("resnet18", resnet.resnet18, resnet.ResNet.stems, {"cifar": 8, "imagenet": 32},
                   "ResNet-18 (torchvision names); CIFAR stem: 3x3 s1, no max-pool"),
-        ModelSpec("resnet50", resnet.resnet50, both, {"cifar": 8, "imagenet": 32},
+        ModelSpec("resnet50", resnet.resnet50, resnet.ResNet.stems, {"cifar": 8, "imagenet": 32},
                   "ResNet-50 v1.5 (torchvision names)"),
-        ModelSpec("vgg16", vgg.vgg16, cifar, {"cifar": 32},
+        ModelSpec("vgg16", vgg.vgg16, vgg.VGG.stems, {"cifar": 32},
                   "VGG-16 with BN, one Linear(512, K) head (kuangliu layout)"),
-        ModelSpec("densenet121", densenet.densenet121, both, {"cifar": 8, "imagenet": 32},
+        ModelSpec("densenet121", densenet.densenet121, densenet.DenseNet.stems,
+                  {"cifar": 8, "imagenet": 32},
                   "DenseNet-121, growth 32 (torchvision names, body = features)"),
-        ModelSpec("wrn28_10", wrn.wrn28_10, cifar, {"cifar": 4},
+        ModelSpec("wrn28_10", wrn.wrn28_10, wrn.WideResNet.stems, {"cifar": 4},
                   "Wide ResNet 28-10, pre-activation, dropout 0"),
-        ModelSpec("wrn34_10", wrn.wrn34_10, cifar, {"cifar": 4},
+        ModelSpec("wrn34_10", wrn.wrn34_10, wrn.WideResNet.stems, {"cifar": 4},
                   "Wide ResNet 34-10, pre-activation, dropout 0"),
     ]
     for spec in specs:
@@ -95,7 +95,7 @@ def build_model(name: str, num_classes: int, image_size: int, width: float = 1.0
                           f"{spec.min_size[stem]} px per side. Resize the data (data.image_size) or "
                           f"choose another model/stem.")
     model = spec(num_classes, width, stem)
-    model.arch, model.stem, model.width, model.num_classes = name, stem, width, num_classes
+    model.arch = name
     return model
 
 

@@ -40,9 +40,12 @@ def init_weights(model: nn.Module) -> None:
 
     Convolutions: Kaiming normal, ``mode="fan_out"``, ReLU gain (He et al. 2015), bias 0.
     BatchNorm: weight 1, bias 0. Linear layers keep PyTorch's default (uniform ±1/sqrt(fan_in)),
-    as torchvision's ResNet does. On the meta device these calls are no-ops, so counting
-    parameters of a width-1 model on ``torch.device("meta")`` allocates nothing.
+    as torchvision's ResNet does. Meta-device models (built under ``torch.device("meta")`` to
+    count parameters) have no values to initialise and are skipped — the first meta
+    ``normal_`` call would otherwise cost seconds of lazy op registration.
     """
+    if any(p.is_meta for p in model.parameters()):
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -69,7 +72,7 @@ class UEModel(nn.Module):
     keys stay torchvision-compatible: ``fc`` for ResNets, ``classifier`` for VGG/DenseNet) and
     implement :meth:`features` and :meth:`layer_groups`.
 
-    Attributes set by :func:`ueperf.models.build_model`: ``arch`` (registered name), ``stem``
+    Attributes: ``arch`` (registered name, set by :func:`ueperf.models.build_model`), ``stem``
     ("cifar" | "imagenet"), ``width``, ``num_classes``.
     """
 
@@ -80,12 +83,16 @@ class UEModel(nn.Module):
     #: the stem convolution's state_dict key, named in "wrong stem" checkpoint errors.
     stem_conv_key: str = "conv1.weight"
 
-    def __init__(self) -> None:
+    #: the stem layouts this architecture has (the first is used for small images).
+    stems: Tuple[str, ...] = STEMS
+
+    def __init__(self, num_classes: int, width: float, stem: str) -> None:
         super().__init__()
-        self.arch = type(self).__name__.lower()
-        self.stem = "cifar"
-        self.width = 1.0
-        self.num_classes = 0
+        if stem not in self.stems:
+            raise ConfigError(f"{type(self).__name__} has no {stem!r} stem; it has: "
+                              f"{', '.join(self.stems)}")
+        self.arch = type(self).__name__.lower()  # build_model sets the registered name
+        self.num_classes, self.width, self.stem = num_classes, width, stem
         # Indices (into layer_groups()) of frozen groups; train() keeps their modules in eval.
         self._frozen_groups: set = set()
 
@@ -204,7 +211,7 @@ class UEModel(nn.Module):
         return f"arch={self.arch}, stem={self.stem}, width={self.width}, num_classes={self.num_classes}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: hashable by identity despite the dict field
 class ModelSpec:
     """A registered architecture: how to build it and what it supports.
 

@@ -86,7 +86,7 @@ class DenseNet(UEModel):
 
     def __init__(self, blocks: Tuple[int, ...], num_classes: int, width: float = 1.0,
                  stem: str = "cifar", growth: int = 32, bn_size: int = 4) -> None:
-        super().__init__()
+        super().__init__(num_classes, width, stem)
         growth = scale_channels(growth, width)
         c = scale_channels(64, width)  # 2·growth initial features (torchvision: 64)
         if stem == "imagenet":

@@ -107,7 +107,7 @@ class ResNet(UEModel):
 
     def __init__(self, block: Block, layers: Tuple[int, int, int, int], num_classes: int,
                  width: float = 1.0, stem: str = "cifar") -> None:
-        super().__init__()
+        super().__init__(num_classes, width, stem)
         c = [scale_channels(ch, width) for ch in (64, 128, 256, 512)]
         imagenet = stem == "imagenet"
         self.conv1 = (nn.Conv2d(3, c[0], kernel_size=7, stride=2, padding=3, bias=False)

@@ -28,13 +28,14 @@ VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 class VGG(UEModel):
     """VGG with BN; ``features`` → (N, 512·width)."""
 
+    stems = ("cifar",)
     head_name = "classifier"
     stem_conv_key = "body.0.weight"
     checkpoint_aliases = ((r"^features\.", "body."),)
 
     def __init__(self, cfg: Tuple, num_classes: int, width: float = 1.0,
                  stem: str = "cifar") -> None:
-        super().__init__()
+        super().__init__(num_classes, width, stem)
         layers: List[nn.Module] = []
         # (start, stop, stage) slices of ``body`` per group: conv + BN + ReLU (+ the max-pool that
         # follows it, so each of the 13 groups is one conv layer — spec §4.3).

@@ -62,12 +62,13 @@ class _Stage(nn.Module):
 class WideResNet(UEModel):
     """WRN-d-k; ``features`` → (N, 64·k·width)."""
 
+    stems = ("cifar",)
     head_name = "fc"
     stem_conv_key = "conv1.weight"
 
     def __init__(self, depth: int, widen: int, num_classes: int, width: float = 1.0,
                  stem: str = "cifar") -> None:
-        super().__init__()
+        super().__init__(num_classes, width, stem)
         assert (depth - 4) % 6 == 0, "WRN depth must be 6n + 4"
         n = (depth - 4) // 6
         c = [scale_channels(ch, width) for ch in (16, 16 * widen, 32 * widen, 64 * widen)]

@@ -190,6 +190,17 @@ class Wrapped:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
+    # -- DeepSpeed keeps optimiser state partitioned across ranks: it writes its own sharded
+    #    checkpoint (collective: every rank calls these), tagged so a crash never mixes epochs.
+    def save_sharded(self, folder: str, tag: str) -> None:
+        self.engine.save_checkpoint(folder, tag=tag)
+
+    def load_sharded(self, folder: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(folder, tag=tag)
+        if path is None:
+            raise ConfigError(f"DeepSpeed checkpoint {folder}/{tag} is missing or unreadable; "
+                              f"delete the run folder to restart")
+
     @property
     def compute_dtype_is_bf16_weights(self) -> bool:
         """DeepSpeed bf16 keeps the module in bf16: inputs must be bf16 too."""
@@ -220,6 +231,7 @@ def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext, *
             "train_micro_batch_size_per_gpu": int(micro_batch),
             "gradient_accumulation_steps": 1,
             "zero_optimization": {"stage": int(zero_stage)},
+            "zero_allow_untested_optimizer": True,  # torch SGD: ZeRO-1/2 only partition its state
             "bf16": {"enabled": bool(bf16)},
             "gradient_clipping": float(grad_clip),
             "steps_per_print": 10 ** 9,

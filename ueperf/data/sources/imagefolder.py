@@ -34,6 +34,9 @@ from . import RawData, finalize, register_source, resolve_root
 from ._decode import IMG_EXTENSIONS, decode_many
 
 _TEST_DIRS = ("val", "test")
+# Tar members up to this many bytes in all are kept from the listing pass, which saves a second
+# decompression pass over the archive (tiny-imagenet-100: 106 MB of JPEGs, ~3 s saved).
+_TAR_CACHE_BYTES = 512 << 20
 _LAYOUT = ("expected train/<class>/<images> and val/<class>/<images> (or test/) directly inside "
            "it or inside one top-level folder")
 
@@ -65,10 +68,11 @@ class _Listing:
 
     def __init__(self, base: str, classes: List[str], test_dir: str,
                  train: List[Tuple[int, str, str]], test: List[Tuple[int, str, str]],
-                 descriptions: Optional[Dict[str, str]]):
+                 descriptions: Optional[Dict[str, str]], member_bytes: Optional[Dict[str, bytes]] = None):
         self.base, self.classes, self.test_dir = base, classes, test_dir
         self.train, self.test = train, test
         self.descriptions = descriptions
+        self.member_bytes = member_bytes  # tar only: image member → bytes, when it fit the budget
 
 
 def _parse_descriptions(text: str) -> Dict[str, str]:
@@ -133,6 +137,8 @@ def _list_dir(root: Path) -> _Listing:
 def _list_tar(path: Path) -> _Listing:
     members: List[str] = []
     small: Dict[str, bytes] = {}
+    cache: Optional[Dict[str, bytes]] = {}
+    cached = 0
     try:
         with tarfile.open(path, "r|*") as tf:
             for m in tf:
@@ -141,6 +147,14 @@ def _list_tar(path: Path) -> _Listing:
                 name = m.name[2:] if m.name.startswith("./") else m.name
                 if _is_image(name):
                     members.append(name)  # a name stored twice is read once (first copy)
+                    if cache is not None and name not in cache:
+                        cached += m.size
+                        if cached > _TAR_CACHE_BYTES:
+                            cache = None  # too big to hold: decode in a second pass instead
+                        else:
+                            f = tf.extractfile(m)
+                            assert f is not None
+                            cache[name] = f.read()
                 elif posixpath.basename(name) == "classes.tsv" and name.count("/") <= 1:
                     f = tf.extractfile(m)
                     assert f is not None
@@ -178,7 +192,7 @@ def _list_tar(path: Path) -> _Listing:
     test = _assign(where, classes, test_dir, by_split[test_dir])
     desc = small.get(prefix + "classes.tsv")
     descriptions = _parse_descriptions(desc.decode("utf-8", "replace")) if desc is not None else None
-    return _Listing(where, classes, test_dir, train, test, descriptions)
+    return _Listing(where, classes, test_dir, train, test, descriptions, cache)
 
 
 def _stratified_first(entries: Sequence[Tuple[int, str, str]], n: int) -> List[Tuple[int, str, str]]:
@@ -207,7 +221,10 @@ def load_imagefolder(root: Path, *, image_size: int = 0, train_limit: int = 0,
     test = _stratified_first(listing.test, test_limit)
     entries = train + test
     desc = f"decode {root.name}"
-    if is_tar:
+    if is_tar and listing.member_bytes is not None:
+        cache = listing.member_bytes
+        job_iter = ((r, f"{root}:{loc}", cache[loc]) for r, (_, _, loc) in enumerate(entries))
+    elif is_tar:
         rows = {loc: r for r, (_, _, loc) in enumerate(entries)}
 
         def jobs() -> Iterator[Tuple[int, str, bytes]]:
@@ -223,6 +240,8 @@ def load_imagefolder(root: Path, *, image_size: int = 0, train_limit: int = 0,
                             f = tf.extractfile(m)
                             assert f is not None
                             yield r, f"{root}:{name}", f.read()
+                            if not rows:
+                                break  # everything wanted has been read
             except (tarfile.TarError, OSError, EOFError) as e:
                 raise DataError(f"cannot read {root} ({e}); the archive is truncated or corrupt") from None
         job_iter = jobs()

@@ -1,0 +1,105 @@
+"""Shared test fixtures: the real data archives of ../shared/data, unpacked once per session.
+
+The archives are found through ``UEPERF_SHARED_DATA`` or at ``<repo>/../shared/data``; when they
+are not there, the tests that need them are skipped with the reason (the rest still run).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR_ARCHIVE = "cifar-10-subset-python.tar.gz"
+TINY_ARCHIVE = "tiny-imagenet-100.tar.gz"
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("UEPERF_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def _archive(name: str) -> Path:
+    path = shared_data_dir() / name
+    if not path.is_file():
+        pytest.skip(f"real data archive {name} not found at {path}: set UEPERF_SHARED_DATA to the "
+                    f"folder holding it (the project's ../shared/data)")
+    return path
+
+
+def _unpack(archive: Path, dest: Path) -> None:
+    # System tar is ~5x faster than tarfile on the 55,000 small files of tiny-imagenet-100.
+    tar = shutil.which("tar")
+    if tar is not None:
+        subprocess.run([tar, "-xzf", str(archive), "-C", str(dest), "--no-same-owner"], check=True)
+    else:
+        with tarfile.open(archive) as tf:
+            tf.extractall(dest, filter="data")
+
+
+@pytest.fixture(scope="session")
+def cifar_archive() -> Path:
+    """The real CIFAR-10 subset archive (python-pickle layout, .tar.gz)."""
+    return _archive(CIFAR_ARCHIVE)
+
+
+@pytest.fixture(scope="session")
+def tiny_archive() -> Path:
+    """The real tiny-imagenet-100 archive (ImageFolder layout, .tar.gz)."""
+    return _archive(TINY_ARCHIVE)
+
+
+@pytest.fixture(scope="session")
+def cifar_root(cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder containing ``cifar-10-batches-py/`` (data_batch_1..5, test_batch, batches.meta)."""
+    dest = tmp_path_factory.mktemp("cifar")
+    _unpack(cifar_archive, dest)
+    assert (dest / "cifar-10-batches-py" / "data_batch_1").is_file()
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``tiny-imagenet-100/`` folder: ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``, classes.tsv."""
+    dest = tmp_path_factory.mktemp("tiny")
+    _unpack(tiny_archive, dest)
+    root = dest / "tiny-imagenet-100"
+    assert (root / "train").is_dir() and (root / "val").is_dir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_subset_root(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-imagenet-100 cut to its first 4 classes (sorted wnids): same layout, ~2,200 files.
+
+    One streaming pass over the archive writes only those classes' train/val JPEGs and
+    classes.tsv: much cheaper than unpacking 55,000 files when a test needs a few real images.
+    """
+    dest = tmp_path_factory.mktemp("tiny_subset")
+    keep = None
+    with tarfile.open(tiny_archive, "r|gz") as tf:
+        for m in tf:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) < 2:
+                continue
+            if parts[1] == "classes.tsv":
+                text = tf.extractfile(m).read()
+                keep = set(sorted(line.split("\t")[0] for line in text.decode().splitlines() if line)[:4])
+            elif len(parts) == 4 and parts[1] in ("train", "val"):
+                assert keep is not None, "classes.tsv must precede the images in the archive"
+                if parts[2] not in keep:
+                    continue
+                text = tf.extractfile(m).read()
+            else:
+                continue
+            out = dest.joinpath(*parts)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(text)
+    root = dest / "tiny-imagenet-100"
+    assert (root / "train").is_dir() and (root / "val").is_dir()
+    return root
+
