@@ -394,6 +394,8 @@ def test_synthetic_is_deterministic_and_balanced():
     assert np.ptp(means, axis=0).max() > 20
     with pytest.raises(ConfigError, match="synthetic_classes"):
         SOURCES.get("synthetic")(_cfg(synthetic_classes=1))
+    with pytest.raises(ConfigError, match="data.train_limit=-5"):
+        SOURCES.get("synthetic")(_cfg(train_limit=-5))
 
 
 def test_embedded_sample():

@@ -88,6 +88,21 @@ def test_epoch_order_contract():
     assert sorted(np.concatenate(tails).tolist()) == list(range(n))
 
 
+@pytest.mark.parametrize("shuffle,drop_last,world", [(True, True, 3), (True, False, 2), (False, False, 4)])
+def test_epoch_order_matches_the_device_loader(shuffle, drop_last, world):
+    # switching data.loader between the resident loader and FFCV must not change the data order
+    from ueperf.data.loaders import DeviceLoader
+    split = _split()
+    for r in range(world):
+        dl = DeviceLoader(split, 4, device="cpu", shuffle=shuffle, drop_last=drop_last, seed=11,
+                          rank=r, world_size=world)
+        for epoch in (0, 5):
+            np.testing.assert_array_equal(
+                fl.epoch_order(N, shuffle=shuffle, seed=11, epoch=epoch, rank=r, world_size=world,
+                               drop_last=drop_last),
+                dl.order(epoch).numpy())
+
+
 # ───────────────────────────────────────── with ffcv ──
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
@@ -132,6 +147,20 @@ def test_sequential_epoch_from_store(store):
     again = fl.FFCVLoader(split, 4, device="cpu", shuffle=False, drop_last=False, seed=0, num_workers=2)
     assert again.beton_path.stat().st_mtime_ns == mtime
     np.testing.assert_array_equal(torch.cat([b[2] for b in _epoch(again)]).numpy(), idx)
+
+
+@needs_ffcv
+def test_make_loader_ffcv_equals_the_resident_loader(store):
+    # the same batches, in the same order, whichever backend data.loader picks
+    from ueperf.data.loaders import make_loader
+    kw = dict(device="cpu", shuffle=True, drop_last=True, seed=2, rank=1, world_size=2)
+    ff = make_loader(store.train, 4, backend="ffcv", num_workers=1, **kw)
+    dl = make_loader(store.train, 4, backend="cpu", **kw)
+    assert isinstance(ff, fl.FFCVLoader) and len(ff) == len(dl) == (N // 2) // 4
+    for loader in (ff, dl):
+        loader.set_epoch(3)
+    for (xa, ya, ia), (xb, yb, ib) in zip(_epoch(ff), _epoch(dl), strict=True):
+        assert torch.equal(ia, ib) and torch.equal(ya, yb) and torch.equal(xa, xb)
 
 
 @needs_ffcv

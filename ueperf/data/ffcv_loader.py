@@ -18,7 +18,8 @@ number of full batches. FFCV's own orders are not used, for three reasons found 
 - ``OrderOption.RANDOM`` seeds ``default_rng(seed + epoch)``, so run (seed=s, epoch=e+1) sees
   the same order as run (seed=s+1, epoch=e): runs meant as independent seeds share orders.
   Here the generator is seeded with the pair, ``default_rng([seed, epoch])`` (a SeedSequence
-  hash of both).
+  hash of both), the same permutation as ``ueperf.data.loaders.DeviceLoader``: switching
+  ``data.loader`` does not change a run's data order.
 - ``distributed=True`` builds ``torch.utils.data.DistributedSampler`` without ``num_replicas``
   and ``rank``, so it needs an initialised ``torch.distributed`` process group (this package
   keeps that in ``ueperf.parallel`` only), and it *pads* each rank with repeated samples
@@ -301,12 +302,15 @@ def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, 
                 drop_last: bool = False) -> np.ndarray:
     """The sample rows rank `rank` visits in epoch `epoch` (CONTRACTS.md, data/).
 
-    ``perm = default_rng([seed, epoch]).permutation(n)`` when shuffling, ``arange(n)`` otherwise;
-    with `drop_last` the permutation is first cut to ``world_size * (n // world_size)`` so every
-    rank gets the same count; rank r takes ``perm[r::world_size]``. int64 (n_rank,).
+    ``perm = default_rng([seed, epoch]).permutation(n)`` when shuffling (the one definition,
+    ``loaders.epoch_permutation``, so this backend and the device-resident one visit samples in
+    the same order), ``arange(n)`` otherwise; with `drop_last` the permutation is first cut to
+    ``world_size * (n // world_size)`` so every rank gets the same count; rank r takes
+    ``perm[r::world_size]``. int64 (n_rank,).
     """
     if shuffle:
-        perm = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+        from .loaders import epoch_permutation
+        perm = epoch_permutation(n, int(seed), int(epoch)).numpy()
     else:
         perm = np.arange(n, dtype=np.int64)
     if drop_last:

@@ -79,7 +79,7 @@ def resolve_root(cfg: DataConfig, name: str) -> Path:
 
 
 def num_workers() -> int:
-    """Worker threads for decoding: the CPUs this process may run on."""
+    """Decoding worker processes: the CPUs this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -93,20 +93,25 @@ def resize_array(x: np.ndarray, size: int, desc: str = "resize") -> np.ndarray:
                        desc=desc)
 
 
+def check_common(cfg: DataConfig) -> None:
+    """ConfigError for negative ``train_limit``/``test_limit``/``image_size`` (before any work)."""
+    for key in ("train_limit", "test_limit", "image_size"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"data.{key}={getattr(cfg, key)}: expected 0 (all / native size) or a "
+                              f"positive number")
+
+
 def finalize(raw: RawData, cfg: DataConfig, desc: str = "") -> RawData:
     """Apply ``train_limit``/``test_limit`` (first N in source order) and ``image_size``.
 
     Idempotent: a source that already limited or resized (imagefolder does both before
     decoding, to save work) passes through unchanged.
     """
+    check_common(cfg)
     for attr, limit in (("train", cfg.train_limit), ("test", cfg.test_limit)):
-        if limit < 0:
-            raise ConfigError(f"data.{attr}_limit={limit}: expected 0 (all) or a positive count")
         if limit > 0:
             setattr(raw, f"{attr}_x", getattr(raw, f"{attr}_x")[:limit])
             setattr(raw, f"{attr}_y", getattr(raw, f"{attr}_y")[:limit])
-    if cfg.image_size < 0:
-        raise ConfigError(f"data.image_size={cfg.image_size}: expected 0 (native) or pixels per side")
     s = cfg.image_size
     if s > 0:
         for attr in ("train_x", "test_x"):
@@ -120,5 +125,5 @@ def finalize(raw: RawData, cfg: DataConfig, desc: str = "") -> RawData:
     return raw
 
 
-__all__ = ["SOURCES", "RawData", "register_source", "default_root", "resolve_root", "finalize",
-           "resize_array", "COMMON_KEY_FIELDS"]
+__all__ = ["SOURCES", "RawData", "register_source", "default_root", "resolve_root", "check_common",
+           "finalize", "resize_array", "COMMON_KEY_FIELDS"]

@@ -30,7 +30,7 @@ import numpy as np
 
 from ...config import DataConfig
 from ...errors import DataError
-from . import RawData, finalize, register_source, resolve_root
+from . import RawData, check_common, finalize, register_source, resolve_root
 from ._decode import IMG_EXTENSIONS, decode_many
 
 _TEST_DIRS = ("val", "test")
@@ -267,6 +267,7 @@ def load_imagefolder(root: Path, *, image_size: int = 0, train_limit: int = 0,
 @register_source("imagefolder", root=lambda cfg: resolve_root(cfg, "imagefolder"))
 def imagefolder(cfg: DataConfig) -> RawData:
     """ImageFolder dataset at ``data.root`` (folder or tar archive)."""
+    check_common(cfg)
     raw = load_imagefolder(resolve_root(cfg, "imagefolder"), image_size=cfg.image_size,
                            train_limit=cfg.train_limit, test_limit=cfg.test_limit)
     return finalize(raw, cfg, "imagefolder")
