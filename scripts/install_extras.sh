@@ -79,11 +79,12 @@ say "pkg-config: opencv4 $(pkg-config --modversion opencv4), libturbojpeg $(pkg-
 # ── pip: pin torch and numpy to what is installed ──
 pyver() { "$PYTHON" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 TORCH_VERSION=$(pyver torch) || { echo "[install_extras] torch is not installed for $PYTHON; install the project first" >&2; exit 1; }
-NUMPY_VERSION=$(pyver numpy)
+NUMPY_VERSION=$(pyver numpy 2>/dev/null || true)  # empty when numpy is not installed yet
 CONSTRAINTS=$(mktemp /tmp/ueperf-constraints.XXXXXX)
 trap 'rm -f "$CONSTRAINTS"' EXIT
-printf 'torch==%s\nnumpy==%s\n' "$TORCH_VERSION" "$NUMPY_VERSION" > "$CONSTRAINTS"
-say "python: $("$PYTHON" --version 2>&1) at $(command -v "$PYTHON"); constraints: torch==$TORCH_VERSION numpy==$NUMPY_VERSION"
+echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
+[ -n "$NUMPY_VERSION" ] && echo "numpy==$NUMPY_VERSION" >> "$CONSTRAINTS"
+say "python: $("$PYTHON" --version 2>&1) at $(command -v "$PYTHON"); constraints: $(tr '\n' ' ' < "$CONSTRAINTS")"
 PIP=("$PYTHON" -m pip install --disable-pip-version-check --root-user-action=ignore -c "$CONSTRAINTS")
 
 have() {  # have DIST VERSION: the distribution is installed at exactly that version

@@ -288,8 +288,13 @@ def _file_lock(path: Path):
     """Exclusive advisory lock on ``<path>.lock``: under torchrun every rank builds a loader
     at once, and only one of them should write a missing beton while the others wait."""
     import fcntl
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.with_name(path.name + ".lock"), "a+")
+    except OSError:  # a read-only folder: nobody can write the beton there, so nothing to guard
+        yield
+        return
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -403,8 +408,8 @@ class FFCVLoader:
                     raise DataError(f"beton_path={path} exists but was not written from this split "
                                     f"with encoding={encoding!r}; delete it, pass another path, or "
                                     f"leave beton_path unset to use the managed cache")
-                write_beton(split, path, overwrite=True, encoding=encoding, jpeg_quality=jpeg_quality,
-                            num_workers=self.num_workers)
+                # one rank writes (the others wait on the lock), so it may use every core
+                write_beton(split, path, overwrite=True, encoding=encoding, jpeg_quality=jpeg_quality)
         self.beton_path = path
 
         # ── FFCV loader: decoder → torch tensor → device, per field ──

@@ -369,6 +369,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{losses[max(0, step + 1 - cfg.train.log_every):step + 1].mean().item():.3f}")
             if bar is not None:
                 bar.update(1)
+        self.wrapped.sync_buffers()
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         dt = time.perf_counter() - t0

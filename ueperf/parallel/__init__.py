@@ -79,6 +79,7 @@ def init(backend: str = "auto", device: str = "auto", dist_backend: str = "auto"
     if backend in ("ddp", "deepspeed"):
         import torch.distributed as dist
         if not dist.is_initialized():
+            os.environ.setdefault("LOCAL_RANK", str(local_rank))  # DeepSpeed asserts on it
             if "MASTER_ADDR" not in os.environ:
                 if world > 1:
                     raise ConfigError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun")
@@ -190,6 +191,14 @@ class Wrapped:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
+    def sync_buffers(self) -> None:
+        """Make every rank's buffers (BN running statistics) rank 0's. DDP does this at every
+        forward (broadcast_buffers); DeepSpeed does not, so it is done at epoch end."""
+        if self.engine is not None and self.ctx.world_size > 1:
+            import torch.distributed as dist
+            for b in self.module.buffers():
+                dist.broadcast(b, src=0)
+
     # -- DeepSpeed keeps optimiser state partitioned across ranks: it writes its own sharded
     #    checkpoint (collective: every rank calls these), tagged so a crash never mixes epochs.
     def save_sharded(self, folder: str, tag: str) -> None:
@@ -233,6 +242,8 @@ def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext, *
             "zero_optimization": {"stage": int(zero_stage)},
             "zero_allow_untested_optimizer": True,  # torch SGD: ZeRO-1/2 only partition its state
             "bf16": {"enabled": bool(bf16)},
+            # DeepSpeed casts parameters but not buffers: BN running stats must follow to bf16
+            **({"data_types": {"buffer_dtype": "bf16"}} if bf16 else {}),
             "gradient_clipping": float(grad_clip),
             "steps_per_print": 10 ** 9,
             "wall_clock_breakdown": False,
