@@ -121,3 +121,24 @@ def test_group_lr_multipliers_and_validation(tmp_path):
     bad = _cfg(tmp_path, "glr2", recipe="synthetic_smoke", **{"optim.group_lr": "1,1"})
     with pytest.raises(ConfigError, match="10 layer groups"):
         Trainer(bad).setup()
+
+
+def test_grad_clip_limits_the_update(tmp_path):
+    """optim.grad_clip bounds the global gradient norm: a tiny clip makes a tiny first step."""
+    def first_step_change(clip, name):
+        cfg = _cfg(tmp_path, name, recipe="synthetic_smoke", **{"optim.grad_clip": clip, "optim.momentum": 0,
+                                                                "optim.weight_decay": 0, "train.epochs": 1})
+        tr = Trainer(cfg).setup()
+        before = [p.detach().clone() for p in tr.model.parameters()]
+        xb, yb, ib = next(iter(tr.train_loader))
+        tr.set_lr(0.0)
+        loss = torch.nn.functional.cross_entropy(tr.runner(tr.augmenter(xb)), yb)
+        tr.wrapped.backward_step(loss, cfg.optim.grad_clip)
+        moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(tr.model.parameters(), before)]).norm().item()
+        tr.close()
+        return moved
+
+    lr = build("synthetic_smoke").optim.lr
+    clipped = first_step_change(1e-3, "clip")
+    assert clipped == pytest.approx(lr * 1e-3, rel=1e-3)   # step = lr · clip · g/‖g‖
+    assert first_step_change(0.0, "noclip") > 10 * clipped
