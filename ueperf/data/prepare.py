@@ -1,6 +1,7 @@
 """``prepare_dataset(cfg)``: the store for a :class:`DataConfig`, built once and cached.
 
-``cfg.dataset`` is either a store folder (opened as is) or a source name (see
+``cfg.dataset`` is either a store folder (opened as is; a protected store is verified against its
+clean source, see :mod:`ueperf.data.protected`) or a source name (see
 :mod:`ueperf.data.sources`). A source's store lives at ``<cache_dir>/<source>-<key12>`` where
 the key is the sha256 of: the source name, the store format and builder versions, the resolved
 source root with a fingerprint of it (size and mtime of the file, or of every file under the
@@ -27,6 +28,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .sources import COMMON_KEY_FIELDS, SOURCES
 from .store import FORMAT_VERSION, Store, is_store, open_store, sha256_file, write_store
+from .protected import open_any
 
 # Bump when a source's output for the same inputs changes (invalidates every cached store).
 BUILDER_VERSION = 1
@@ -115,10 +117,10 @@ def prepare_dataset(cfg: DataConfig, *, rank: int = 0, is_main: Optional[bool] =
     ds = str(cfg.dataset)
     as_path = Path(os.path.expanduser(ds))
     if is_store(as_path):
-        return open_store(as_path, verify=verify)
+        return open_any(as_path, verify=verify)  # a protected store is re-checked against its clean source
     if os.sep in ds or (os.altsep and os.altsep in ds) or ds.startswith(("~", ".")):
         # Meant as a store folder: open_store says what is wrong with it.
-        return open_store(as_path, verify=verify)
+        return open_any(as_path, verify=verify)
     fn = SOURCES.get(ds)  # ConfigError naming the known sources when unknown
     root = fn.root(cfg)
     root_existed = root is None or root.exists()

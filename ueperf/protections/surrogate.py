@@ -1,0 +1,211 @@
+"""Surrogates: models trained on the CLEAN training set by the engine's trainer, cached by config.
+
+Methods that craft against a fixed, well-trained model (AEP, HYPO, ...) get one through
+``ctx.surrogate(model_name, epochs, **overrides)`` (:func:`make_surrogate_fn`), which calls
+:func:`train_surrogate`:
+
+    clean store ─▶ RunConfig (spec §3.0 recipe: SGD 0.1, momentum 0.9, wd 5e-4, cosine, batch 128,
+                   crop(4)+flip, 60 epochs, + the caller's overrides)
+                ─▶ Trainer (one process, or DDP under torchrun) ─▶ <cache_dir>/surrogates/<key16>/
+
+The cache key is sha256 of the resolved RunConfig (minus what does not change the weights: paths,
+progress, logging, device, parallel backend) and the clean store's array hashes, so the same
+request on the same clean data reuses the trained model, and any change retrains. The cache folder
+holds ``model.pt`` (the model's state_dict), ``surrogate.json`` (key document, config, the
+trainer's summary: clean test accuracy, time, device) and the trainer's ``records.jsonl``,
+``summary.json``, ``curves.png``. Training runs in a hidden ``.<key16>.partial`` folder that is
+renamed into place when done; an interrupted surrogate training resumes from its last epoch
+checkpoint on the next call.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .. import parallel
+from ..config import RunConfig, apply_overrides, to_dict
+from ..data.store import Store, open_store
+from ..errors import ConfigError
+
+DEFAULT_CACHE_DIR = "~/.cache/ueperf"
+KEY_VERSION = 1  # bump when the training recipe changes in a way the config does not show
+# RunConfig keys that do not change the trained weights (left out of the cache key).
+_KEY_FREE = {"name", "out_dir", "recipe"}
+_KEY_FREE_TRAIN = {"progress", "log_every", "device", "threads", "compile", "eval_every",
+                   "checkpoint_every", "eval_batch_size"}
+
+
+# ───────────────────────────────────────────── config + key ──
+def surrogate_config(store: Store, *, model: str = "resnet18", width: float = 1.0,
+                     epochs: Optional[int] = None, seed: int = 0, device: str = "auto",
+                     overrides: Sequence[str] = (), progress: bool = False) -> RunConfig:
+    """The RunConfig that trains a surrogate on ``store``'s clean training set.
+
+    Defaults are the spec §3.0 recipe (RunConfig's defaults); ``epochs=None`` keeps its 60.
+    ``overrides`` are dotted ``key=value`` strings applied last (type-checked).
+    """
+    cfg = RunConfig()
+    cfg.recipe = "surrogate"
+    cfg.data.dataset = str(store.path)
+    cfg.model.name = model
+    cfg.model.width = float(width)
+    if epochs is not None:
+        cfg.train.epochs = int(epochs)
+    cfg.train.seed = int(seed)
+    cfg.train.device = device
+    cfg.train.progress = bool(progress)
+    apply_overrides(cfg, list(overrides))
+    if cfg.data.dataset != str(store.path):
+        raise ConfigError(f"surrogate override data.dataset={cfg.data.dataset!r}: a surrogate is "
+                          f"always trained on the clean store being protected ({store.path})")
+    return cfg
+
+
+def surrogate_key(cfg: RunConfig, store: Store) -> Tuple[str, Dict[str, Any]]:
+    """(hex sha256, the JSON document it hashes) identifying a surrogate."""
+    d = to_dict(cfg)
+    for k in _KEY_FREE:
+        d.pop(k, None)
+    d.pop("data", None)        # the store path: replaced by the store's content hashes below
+    d.pop("parallel", None)
+    d["train"] = {k: v for k, v in d["train"].items() if k not in _KEY_FREE_TRAIN}
+    doc = {"key_version": KEY_VERSION, "config": d,
+           "clean_hashes": {f: e["sha256"] for f, e in sorted(store.manifest["files"].items())}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest(), doc
+
+
+def _cache_root(cache_dir: Optional[Union[str, os.PathLike]]) -> Path:
+    return Path(os.path.expanduser(str(cache_dir or DEFAULT_CACHE_DIR))).absolute() / "surrogates"
+
+
+# ───────────────────────────────────────────── train / load ──
+def _ready(folder: Path) -> bool:
+    return (folder / "model.pt").is_file() and (folder / "surrogate.json").is_file()
+
+
+def _load(folder: Path, cfg: RunConfig, store: Store, device: torch.device) -> torch.nn.Module:
+    from ..models import build_model
+    m = build_model(cfg.model.name, store.num_classes, store.image_shape[0], width=cfg.model.width,
+                    stem=cfg.model.stem)
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    m.load_state_dict(state)
+    m = m.to(device).to(memory_format=torch.channels_last).eval()
+    # Crafting only differentiates w.r.t. the input: frozen weights skip their gradient work.
+    m.requires_grad_(False)
+    return m
+
+
+def train_surrogate(clean: Union[Store, str, os.PathLike], *, model: str = "resnet18", width: float = 1.0,
+                    epochs: Optional[int] = None, seed: int = 0, device: Union[str, torch.device] = "auto",
+                    overrides: Sequence[str] = (), cache_dir: Optional[Union[str, os.PathLike]] = None,
+                    progress: bool = False, dist: Optional[parallel.DistContext] = None
+                    ) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Train (or load from the cache) a surrogate on the clean store ``clean``.
+
+    Returns ``(model, info)``: the model in eval mode with frozen weights, channels-last, on
+    ``device``; ``info`` = the cache record (key, config, clean test accuracy, training time,
+    device it was trained on) plus ``path`` and ``cached`` (True when no training ran).
+    ``dist``: the caller's DistContext under torchrun (every rank must call; the trainer then
+    runs DDP and rank 0 writes the cache); None for one process.
+    """
+    store = clean if isinstance(clean, Store) else open_store(clean, verify=False)
+    if store.kind != "clean":
+        raise ConfigError(f"surrogates are trained on clean data, but {store.path} is a "
+                          f"{store.kind} store")
+    dist = dist or parallel.DistContext()
+    dev = torch.device(device) if isinstance(device, torch.device) else parallel.resolve_device(device, dist.local_rank)
+    cfg = surrogate_config(store, model=model, width=width, epochs=epochs, seed=seed,
+                           device=str(dev), overrides=overrides, progress=progress and dist.is_main)
+    key, doc = surrogate_key(cfg, store)
+    root = _cache_root(cache_dir)
+    final = root / key[:16]
+    cached = bool(parallel.broadcast_object(_ready(final), dist))
+    if not cached:
+        _train_into(final, cfg, doc, key, dist)
+    parallel.barrier(dist)
+    info = json.loads((final / "surrogate.json").read_text())
+    info.update(path=str(final), cached=cached)
+    return _load(final, cfg, store, dev), info
+
+
+def _train_into(final: Path, cfg: RunConfig, doc: Dict[str, Any], key: str, dist: parallel.DistContext) -> None:
+    """Run the trainer in ``.<key16>.partial`` (resuming a matching interrupted run), then
+    publish model.pt + surrogate.json and rename the folder to ``final`` (rank 0)."""
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.trainer import train
+    from ..reports.records import write_json_atomic
+    partial = final.parent / f".{final.name}.partial"
+    cfg.out_dir, cfg.name = str(final.parent), partial.name
+    resume = False
+    if dist.is_main:
+        saved = partial / "config.json"
+        if (partial / "checkpoint.pt").is_file() and saved.is_file():
+            try:
+                same = json.loads(saved.read_text())["config"] == json.loads(json.dumps(to_dict(cfg)))
+            except (OSError, ValueError, KeyError):
+                same = False
+            resume = same
+        if not resume and partial.exists():
+            shutil.rmtree(partial)  # a different or unusable leftover: start clean
+    resume = bool(parallel.broadcast_object(resume, dist))
+    parallel.barrier(dist)
+    summary = train(cfg, resume=resume, run_dir=partial)
+    if dist.is_main:
+        state = load_checkpoint(partial / "checkpoint.pt")["trainer"]["model"]
+        tmp = partial / ".model.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, partial / "model.pt")
+        write_json_atomic(partial / "surrogate.json", {
+            "key": key, "key_doc": doc, "config": to_dict(cfg), "model": cfg.model.name,
+            "width": cfg.model.width, "epochs": cfg.train.epochs, "seed": cfg.train.seed,
+            "clean_test_acc": summary.get("final_test_acc"), "final_train_acc": summary.get("final_train_acc"),
+            "train_time_s": summary.get("total_time_s"), "trained_on": summary.get("device"),
+            "world_size": summary.get("world_size")})
+        (partial / "checkpoint.pt").unlink()  # optimiser state is not needed once trained
+        if final.exists():  # a concurrent process published the same key first
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            os.replace(partial, final)
+
+
+# ───────────────────────────────────────────── ctx.surrogate ──
+def make_surrogate_fn(store: Store, *, device: torch.device, seed: int, cache_dir: Optional[Union[str, os.PathLike]],
+                      progress: bool, dist: Optional[parallel.DistContext] = None,
+                      forced: Sequence[str] = (), record: Optional[List[Dict[str, Any]]] = None
+                      ) -> Callable[..., torch.nn.Module]:
+    """The ``ctx.surrogate`` closure: ``surrogate(model_name="resnet18", epochs=None, *, width=1.0,
+    seed=<run seed>, overrides=(), **sets)``.
+
+    ``sets`` are extra RunConfig keys with ``__`` for the dot (``optim__lr=0.05``); ``forced``
+    (the runner's ``surrogate_overrides``, e.g. ``model.width=0.125`` for tests) are applied after
+    the method's own request. Each call's info dict is appended to ``record`` (it goes into the
+    protected store's manifest) and set as ``model.surrogate_info``.
+    """
+    def surrogate(model_name: str = "resnet18", epochs: Optional[int] = None, **kw: Any) -> torch.nn.Module:
+        width = float(kw.pop("width", 1.0))
+        s = int(kw.pop("seed", seed))
+        sets = list(kw.pop("overrides", ()))
+        sets += [f"{k.replace('__', '.')}={_fmt(v)}" for k, v in kw.items()]
+        model, info = train_surrogate(store, model=model_name, width=width, epochs=epochs, seed=s,
+                                      device=device, overrides=sets + list(forced), cache_dir=cache_dir,
+                                      progress=progress, dist=dist)
+        model.surrogate_info = info
+        if record is not None:
+            record.append({k: v for k, v in info.items() if k not in ("key_doc", "config")})
+        return model
+    return surrogate
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (tuple, list)):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+__all__ = ["surrogate_config", "surrogate_key", "train_surrogate", "make_surrogate_fn", "DEFAULT_CACHE_DIR"]
