@@ -19,7 +19,8 @@ solved by alternation, the surrogate trained from scratch together with the nois
 **EM-T** (``eot_cg=True``): the noise objective becomes E_{t ∼ crop∘flip∘CG} L(f(t(x + δ)), y),
 estimated with ``eot`` draws per PGD step; the draws are folded into the batch (one forward of
 J·B images instead of J forwards of B, which keeps a GPU busy) — a sum over draws, whose sign is
-that of the mean the one PGD would take. The surrogate's own SGD steps stay unaugmented, as in EM.
+that of the mean the one PGD would take. The surrogate's SGD steps see one draw of the same
+augmentation, so both minimisations share the objective E_t L(f_θ(t(x + δ)), y) [ours].
 
 Shapes and units: δ is float32 NHWC in [0, 1] pixel units, (N, H, W, 3) sample-wise or
 (K, H, W, 3) class-wise, on ``ctx.device``. Images stay uint8 on the device and are converted
@@ -56,7 +57,7 @@ from . import PROTECTIONS
 from .base import GRANULARITIES, Perturbation, ProtectContext, Protection, to_model
 
 # Generator salts: one independent, reproducible random stream per purpose.
-SALT_INIT, SALT_MODEL_BATCHES, SALT_NOISE, SALT_SUBSET = 0xE0, 0xE1, 0xE2, 0xE3
+SALT_INIT, SALT_MODEL_BATCHES, SALT_NOISE, SALT_SUBSET, SALT_TRAIN_AUG = 0xE0, 0xE1, 0xE2, 0xE3, 0xE4
 
 _CG = AugmentConfig()  # the CG distribution of spec §3.4 (jitter 0.4/0.4/0.4/0.1 w.p. 0.8, gray 0.2)
 
@@ -231,11 +232,12 @@ def to_float(x_u8: torch.Tensor) -> torch.Tensor:
     return x_u8.float().div_(255)
 
 
-def sgd_step(model, opt, x_nhwc: torch.Tensor, y: torch.Tensor, grad_clip: float,
+def sgd_step(model, opt, inp: torch.Tensor, y: torch.Tensor, grad_clip: float,
              device: torch.device) -> torch.Tensor:
-    """One SGD step on cross-entropy (model in train mode); returns the detached loss."""
+    """One SGD step on cross-entropy (model in train mode) on the model input ``inp``
+    (B, 3, H, W), e.g. ``to_model(x_nhwc)``; returns the detached loss."""
     with autocast(device):
-        logits = model(to_model(x_nhwc))
+        logits = model(inp)
     loss = F.cross_entropy(logits.float(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -300,7 +302,7 @@ class EM(Protection):
         else:
             augment, loss_fn, eot_desc = None, None, "none"
         run = self._sample_wise if cfg.granularity == "sample" else self._class_wise
-        delta, hist = run(ctx, cfg, model, opt, augment, loss_fn)
+        delta, hist = run(ctx, cfg, model, opt, augment, loss_fn, self._train_input(ctx, cfg))
         accs = [h["surrogate_acc"] for h in hist]
         info = {
             "rounds": len(hist),
@@ -319,7 +321,16 @@ class EM(Protection):
                             info=info)
 
     # -- sample-wise --------------------------------------------------------------------
-    def _sample_wise(self, ctx, cfg, model, opt, augment, loss_fn):
+    @staticmethod
+    def _train_input(ctx: ProtectContext, cfg: EMConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The surrogate's training input from x + δ (B, H, W, 3): as is (EM), or one draw of the
+        crafting augmentation (EM-T: the min over θ sees the same E_t as the min over δ) [ours]."""
+        if not cfg.eot_cg:
+            return to_model
+        t, g = eot_augment(1, cg=True), ctx.generator(SALT_TRAIN_AUG)
+        return lambda xb: t(xb, g)
+
+    def _sample_wise(self, ctx, cfg, model, opt, augment, loss_fn, train_input):
         dev, x_u8, y = ctx.device, ctx.x, ctx.y
         n = x_u8.shape[0]
         shard = ctx.shard if ctx.shard is not None else torch.arange(n, device=dev)
@@ -347,7 +358,7 @@ class EM(Protection):
             for _ in range(cfg.train_steps):
                 idx = batches.next()
                 xb = (to_float(x_u8[idx]) + delta[idx]).clamp_(0, 1)
-                loss = sgd_step(model, opt, xb, y[idx], cfg.grad_clip, dev)
+                loss = sgd_step(model, opt, train_input(xb), y[idx], cfg.grad_clip, dev)
             sync_model(model, ctx)
             # (b) noise step: T PGD iterations on this rank's rows, weights frozen.
             model.eval()
@@ -383,7 +394,7 @@ class EM(Protection):
         return delta, hist
 
     # -- class-wise ---------------------------------------------------------------------
-    def _class_wise(self, ctx, cfg, model, opt, augment, loss_fn):
+    def _class_wise(self, ctx, cfg, model, opt, augment, loss_fn, train_input):
         dev, x_u8, y, K = ctx.device, ctx.x, ctx.y, ctx.num_classes
         n = x_u8.shape[0]
         k = max(1, int(round(cfg.class_portion * n)))
@@ -407,7 +418,7 @@ class EM(Protection):
             for _ in range(cfg.train_steps):
                 idx = batches.next()
                 xb = (to_float(x_u8[idx]) + delta.index_select(0, y[idx])).clamp_(0, 1)
-                loss = sgd_step(model, opt, xb, y[idx], cfg.grad_clip, dev)
+                loss = sgd_step(model, opt, train_input(xb), y[idx], cfg.grad_clip, dev)
             sync_model(model, ctx)
             model.eval()
             model.requires_grad_(False)

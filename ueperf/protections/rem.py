@@ -164,7 +164,7 @@ class REM(Protection):
             xa = (xt + _adversarial(model, xt, yb, cfg, g_train, ac)).clamp_(0, 1)
             model.requires_grad_(True)
             model.train()
-            loss = sgd_step(model, opt, xa, yb, cfg.grad_clip, dev)
+            loss = sgd_step(model, opt, to_model(xa), yb, cfg.grad_clip, dev)
             loss_sum += loss
             seen += 1
             if (s + 1) % cfg.log_every == 0 or s + 1 == cfg.iterations:
