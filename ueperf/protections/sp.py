@@ -74,7 +74,11 @@ def make_classification(counts: torch.Tensor, dim: int, class_sep: float,
     z = torch.randn((n, dim), generator=generator, device=dev, dtype=torch.float64)
     a = torch.rand((k, dim, dim), generator=generator, device=dev, dtype=torch.float64) * 2 - 1
     labels = torch.repeat_interleave(torch.arange(k, device=dev), counts.to(dev))
-    points = torch.bmm(z.unsqueeze(1), a[labels]).squeeze(1) + centroids[labels]
+    # one (n_k × d)·(d × d) product per class: a per-point copy of A_k would be N·d² floats
+    points = torch.empty_like(z)
+    ends = torch.cumsum(counts, 0).tolist()
+    for cls, (lo, hi) in enumerate(zip([0] + ends[:-1], ends)):
+        points[lo:hi] = z[lo:hi] @ a[cls] + centroids[cls]
     return points, labels
 
 
