@@ -26,6 +26,8 @@ class DataConfig:
     image_size: int = 0             # resize to this many pixels per side at store build (0 = native)
     train_limit: int = 0            # keep only the first N training images (0 = all)
     test_limit: int = 0             # keep only the first N test images (0 = all)
+    test_holdout: int = 0           # clean test images held out for hyperparameter selection and
+                                    # excluded from the reported test set (spec §4.7: 20)
     loader: str = "auto"            # auto | gpu | cpu | ffcv  (auto = device-resident when it fits)
     synthetic_classes: int = 10     # synthetic source: number of classes
     synthetic_train: int = 1000     # synthetic source: training images
@@ -39,6 +41,7 @@ class ModelConfig:
     width: float = 1.0              # channel-width multiplier (1.0 = the published model)
     stem: str = "auto"              # auto | cifar | imagenet  (auto: cifar for <= 32 px)
     pretrained: str = ""            # local torchvision-format state_dict file ("" = random init)
+    dropout: float = 0.0            # dropout probability before the head (spec §3.4 baseline: 0.5)
 
 
 @dataclass
@@ -93,6 +96,71 @@ class ParallelConfig:
     dist_backend: str = "auto"      # auto | nccl | gloo
 
 
+# ───────────────────────────────────────────── countermeasures ──
+@dataclass
+class ACMConfig:
+    """Activation Cluster Measurement (spec §4.2) on a fixed subset D_v of the training set."""
+    backend: str = "torch"          # tsne (the reference) | torch (on the device) | faiss
+    reduce: str = "pca2"            # torch/faiss backends: pca2 (PCA to 2-D) | raw (all D dims)
+    variant: str = "db_inverse"     # db_inverse | radius_margin (spec §4.2)
+    subset: int = 1000              # |D_v|, images, split evenly over the ACM classes [paper: 1000 CIFAR-10]
+    classes: int = 10               # K': the first K' classes are measured (0 = all) [paper]
+    perplexity: float = 30.0        # tsne backend [spec §4.2]
+    batch_size: int = 1024          # feature-extraction batch, images
+
+
+@dataclass
+class STConfig:
+    """Progressive Staged Training (spec §4.3-4.5)."""
+    trigger: str = "absolute"       # absolute: ACM > tau | jump: ACM > jump · previous accepted ACM | rise: ACM > jump · running minimum
+    tau: float = 2.0                # absolute threshold (provisional; calibrate, spec §4.7) [ours]
+    jump: float = 1.3               # relative triggers: ratio that counts as shortcut learning [ours]
+    alpha: float = 0.5              # adjustment hyperparameter α (spec §4.3) [ours]
+    multiplier: str = "geometric"   # geometric: v_l = α^max(0, c-l+1) | linear: clip(1 - α·c·(L-l+1)/L, 0, 1)
+    v_min: float = 1e-3             # multipliers below this are 0 (group frozen) [ours]
+    warmup_epochs: int = 0          # epochs accepted without an ACM test [ours]
+    finetune_epochs: int = 30       # st_full step 2: fine-tune all layers with CG, epochs [ours §4.6]
+    finetune_lr: float = 0.01       # st_full step 2 base lr (cosine) [ours §4.6]
+
+
+@dataclass
+class ATConfig:
+    """PGD adversarial training (spec §3.1; seed (a) setting)."""
+    eps: float = 4 / 255            # ρ_a, [0,1] pixel units [ours, inferred §3.1]
+    alpha: float = 0.8 / 255        # PGD step [spec §3.1]
+    steps: int = 10                 # PGD iterations [spec §3.1]
+    norm: str = "linf"              # linf | l2
+
+
+@dataclass
+class UEraserConfig:
+    """UEraser (spec §3.2): plasma brightness/contrast, channel shuffle, TrivialAugment, max-loss."""
+    repeats: int = 5                # R: augmented copies per image, loss = max over copies [code]
+    repeat_epochs: int = 60         # epochs with R > 1 (standard); ueraser_max: all; lite: R = 1 [code]
+    plasma_p: float = 0.5           # probability of each plasma op [code]
+    shuffle_p: float = 0.5          # probability of channel shuffle [code]
+
+
+@dataclass
+class ISSConfig:
+    """Image shortcut squeezing (spec §3.3), applied once to the training images."""
+    jpeg_quality: int = 10          # iss_jpeg quality [code]
+    bits: int = 2                   # iss_bdr bits per channel [code: APBench]
+
+
+@dataclass
+class RegularizeConfig:
+    """Counter-overfitting augmentations (spec §3.4)."""
+    cutout_size: int = 16           # cutout square side, pixels (CIFAR) [ours: DeVries & Taylor]
+    mixup_alpha: float = 1.0        # mixup Beta(α, α) [ours: Zhang et al.]
+    cutmix_alpha: float = 1.0       # cutmix Beta(α, α) [ours: Yun et al.]
+    cutmix_p: float = 0.5           # probability a batch is cut-mixed [code: clovaai/CutMix-PyTorch, CIFAR command]
+    randaugment_n: int = 2          # RandAugment ops per image [ours]
+    randaugment_m: int = 9          # RandAugment magnitude (0-30) [ours]
+    blur_sigma: float = 1.0         # Gaussian blur σ, pixels, train images [ours]
+    blur_kernel: int = 3            # Gaussian blur kernel side, pixels (odd) [ours]
+
+
 @dataclass
 class RunConfig:
     name: str = ""                  # run name ("" = recipe name)
@@ -104,6 +172,13 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    countermeasure: str = "nt"      # registered countermeasure(s), '+'-joined (e.g. st_cg+cutout); nt = plain training
+    acm: ACMConfig = field(default_factory=ACMConfig)
+    st: STConfig = field(default_factory=STConfig)
+    at: ATConfig = field(default_factory=ATConfig)
+    ueraser: UEraserConfig = field(default_factory=UEraserConfig)
+    iss: ISSConfig = field(default_factory=ISSConfig)
+    reg: RegularizeConfig = field(default_factory=RegularizeConfig)
 
 
 # ───────────────────────────────────────────── overrides ──

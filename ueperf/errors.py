@@ -24,3 +24,10 @@ class ModelError(UeperfError):
 
 class TrainingDiverged(UeperfError):
     """The loss became NaN or infinite."""
+
+
+def require(checks) -> None:
+    """Raise :class:`ConfigError` with the message of the first ``(ok, message)`` pair not ok."""
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)

@@ -16,12 +16,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ueperf.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="demo", help="recipe name (default: demo, the embedded sample)")
+    p.add_argument("--dataset", default="", metavar="NAME|STORE",
+                   help="training data: a registered dataset or a (protected) store folder; the test "
+                        "set is the clean one (same as --set data.dataset=...)")
+    p.add_argument("--countermeasure", default="", metavar="NAME[+NAME]",
+                   help="countermeasure(s) to train with, e.g. st_full, at, iss_gray, st_cg+cutout "
+                        "(default nt; --list countermeasures)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue an interrupted run: same command plus --resume, or --resume RUN_DIR "
                         "to use the run's saved config")
-    p.add_argument("--list", choices=["recipes", "models", "datasets", "keys"],
+    p.add_argument("--list", choices=["recipes", "models", "datasets", "countermeasures", "keys"],
                    help="list registered names (or config keys) and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
@@ -41,25 +47,29 @@ def main(argv=None) -> int:
         elif args.list == "datasets":
             from .data import SOURCES
             names = SOURCES.names()
+        elif args.list == "countermeasures":
+            from .countermeasures import describe
+            names = describe()
         else:
             from .config import RunConfig
             names = all_keys(RunConfig())
         print("\n".join(names))
         return 0
 
+    from .countermeasures import build_hooks
     from .engine.trainer import load_run_config, train
     run_dir = None
     if isinstance(args.resume, str):
         run_dir = args.resume
-        cfg = load_run_config(run_dir)
+        cfg = load_run_config(run_dir)  # already resolved: the countermeasure's defaults are in it
         apply_overrides(cfg, args.overrides)
     else:
-        cfg = build(args.recipe)
-        apply_overrides(cfg, args.overrides)
+        cfg = build(args.recipe, args.overrides, countermeasure=args.countermeasure, dataset=args.dataset)
+    hooks = build_hooks(cfg)  # validates the countermeasure config before anything is written
     if args.print_config:
         print(dumps(cfg))
         return 0
-    summary = train(cfg, resume=bool(args.resume), run_dir=run_dir)
+    summary = train(cfg, resume=bool(args.resume), run_dir=run_dir, hooks=hooks)
     if int(os.environ.get("RANK", "0")) == 0:
         acc = summary.get("final_test_acc")
         print(json.dumps({k: summary[k] for k in ("final_test_acc", "mean_images_per_s", "total_time_s")}))

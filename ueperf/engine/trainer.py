@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .. import __version__
 from .. import parallel
 from ..config import RunConfig, from_dict, to_dict
-from ..errors import ConfigError, TrainingDiverged, UeperfError
+from ..errors import ConfigError, TrainingDiverged, UeperfError, require
 from ..reports.records import RecordWriter, read_records, write_json_atomic
 from .checkpoint import load_checkpoint, save_checkpoint
 from .hooks import TrainHook
@@ -57,6 +57,14 @@ def _mix(*xs: int) -> int:
         h = (h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
         h ^= h >> 31
     return h & 0x7FFFFFFFFFFFFFFF
+
+
+def epoch_generator(device: torch.device, *xs: int) -> torch.Generator:
+    """A generator on ``device`` seeded from integers, e.g. (seed, epoch, rank, salt): hooks draw
+    their per-epoch randomness from one, so a resumed run repeats it exactly."""
+    g = torch.Generator(device=device)
+    g.manual_seed(_mix(*xs))
+    return g
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -112,6 +120,11 @@ def build_param_groups(model: nn.Module, group_lr: Sequence[float], frozen: Sequ
     if not out:
         raise ConfigError("every parameter of the model is frozen: nothing to train")
     return out
+
+
+def _mean(xs) -> Optional[float]:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
 
 
 # ───────────────────────────────────────────── trainer ──
@@ -173,8 +186,15 @@ class Trainer:
                               f"set ({len(self.store.train)} images); lower it")
         common = dict(device=ctx.device, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
                       backend=cfg.data.loader)
-        self.train_loader = make_loader(self.store.train, self.micro_batch, shuffle=True, drop_last=True, **common)
-        self.test_loader = make_loader(self.store.test, max(1, cfg.train.eval_batch_size // ctx.world_size),
+        self.train_split = self._train_split()
+        self.train_loader = make_loader(self.train_split, self.micro_batch, shuffle=True, drop_last=True, **common)
+        self.test_split = self.store.test
+        if cfg.data.test_holdout:
+            from ..data.holdout import split_holdout
+            from ..data.store import Split
+            tx, ty, _, _ = split_holdout(self.store.test.x, self.store.test.y, cfg.data.test_holdout)
+            self.test_split = Split(x=tx, y=ty, name="test", store_path=None)
+        self.test_loader = make_loader(self.test_split, max(1, cfg.train.eval_batch_size // ctx.world_size),
                                        shuffle=False, drop_last=False, **common)
 
         # ── model ──
@@ -187,6 +207,10 @@ class Trainer:
                                 width=cfg.model.width, stem=cfg.model.stem)
             if cfg.model.pretrained:
                 self.pretrained_report = load_pretrained(model, cfg.model.pretrained)
+        if not 0 <= cfg.model.dropout < 1:
+            raise ConfigError(f"model.dropout={cfg.model.dropout}: must be in [0, 1)")
+        if cfg.model.dropout:
+            model.dropout = float(cfg.model.dropout)
         model = model.to(ctx.device)
         # DeepSpeed ZeRO flattens parameters into contiguous buffers (and its broadcast views them as
         # bytes), so its weights stay NCHW; inputs are still channels-last and convs adapt.
@@ -222,6 +246,23 @@ class Trainer:
             h.on_train_start(self)
         return self
 
+    def _train_split(self) -> Any:
+        """The training split, after any hook's one-time image transform (test split untouched)."""
+        split = self.store.train
+        for h in self.hooks:
+            new = h.transform_train_images(self, np.asarray(split.x))
+            if new is None:
+                continue
+            if new.shape != split.x.shape or new.dtype != np.uint8:
+                raise UeperfError(f"{type(h).__name__}.transform_train_images returned {new.dtype} "
+                                  f"{tuple(new.shape)}; expected uint8 {tuple(split.x.shape)}")
+            if self.cfg.data.loader == "ffcv":
+                raise ConfigError(f"{type(h).__name__} transforms the training images in memory, which "
+                                  f"the FFCV loader (data.loader=ffcv) cannot read; use data.loader=auto")
+            from ..data.store import Split
+            split = Split(x=new, y=split.y, name=split.name, store_path=None)
+        return split
+
     @staticmethod
     def _validate(cfg: RunConfig) -> None:
         t, o = cfg.train, cfg.optim
@@ -234,9 +275,7 @@ class Trainer:
                   (o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip}: must be >= 0 (0 = off)"),
                   (t.log_every >= 1, f"train.log_every={t.log_every}: must be >= 1"),
                   (cfg.augment.crop_padding >= 0, f"augment.crop_padding={cfg.augment.crop_padding}: must be >= 0")]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        require(checks)
         lr_factor(o.schedule, 0, 1)  # validates the schedule name
 
     def _prepare_run_dir(self) -> None:
@@ -316,23 +355,32 @@ class Trainer:
             return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def set_lr(self, t: float) -> None:
+    def scheduled_lr(self, t: float) -> float:
+        """Base lr × the config's schedule at fractional epoch t (a multiplier-1 group's lr)."""
         o = self.cfg.optim
-        f = lr_factor(o.schedule, t, self.cfg.train.epochs, warmup=o.warmup_epochs,
-                      milestones=o.milestones, gamma=o.gamma)
+        return o.lr * lr_factor(o.schedule, t, self.cfg.train.epochs, warmup=o.warmup_epochs,
+                                milestones=o.milestones, gamma=o.gamma)
+
+    def set_lr(self, t: float) -> None:
+        lr = None
+        for h in self.hooks:
+            lr = h.lr_at(self, t)
+            if lr is not None:
+                break
+        if lr is None:
+            lr = self.scheduled_lr(t)
         for g, m in zip(self.wrapped.param_groups, self.lr_mult):
-            g["lr"] = o.lr * f * m
+            g["lr"] = lr * m
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
         self.model.train()
         self.train_loader.set_epoch(epoch)
-        gen = torch.Generator(device=ctx.device)
-        gen.manual_seed(_mix(cfg.train.seed, epoch, ctx.rank, 0xA06))
+        gen = epoch_generator(ctx.device, cfg.train.seed, epoch, ctx.rank, 0xA06)
         n_steps = len(self.train_loader)
         losses = torch.zeros(n_steps, device=ctx.device)          # per-step loss, kept on device
         correct = torch.zeros((), device=ctx.device, dtype=torch.long)
-        seen = 0
+        seen = hard = 0
         bar = None
         if cfg.train.progress and ctx.is_main:
             from tqdm.auto import tqdm
@@ -359,8 +407,9 @@ class Trainer:
                     loss = F.cross_entropy(logits.float(), y)
             self.wrapped.backward_step(loss, cfg.optim.grad_clip)
             losses[step] = loss.detach()
-            if y.dim() == 1:  # hard labels (mixup-style hooks give soft ones)
+            if y.dim() == 1:  # hard labels (mixup-style hooks give soft ones: no accuracy for those)
                 correct += (logits.detach().argmax(1) == y).sum()
+                hard += y.shape[0]
             seen += y.shape[0]
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == n_steps:
                 self._check_finite(losses, checked, step + 1, epoch)
@@ -375,13 +424,14 @@ class Trainer:
         dt = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        tot = torch.stack([losses.sum().double(), correct.double(), torch.tensor(float(seen), device=ctx.device, dtype=torch.float64),
-                           torch.tensor(float(n_steps), device=ctx.device, dtype=torch.float64)])
+        tot = torch.tensor([0.0, 0.0, float(seen), float(n_steps), float(hard)], device=ctx.device, dtype=torch.float64)
+        tot[0] += losses.sum().double()
+        tot[1] += correct.double()
         parallel.all_reduce_sum(tot, ctx)
         dts = torch.tensor([dt], dtype=torch.float64, device=ctx.device)
         parallel.all_reduce_max(dts, ctx)
-        loss_sum, corr, n_seen, n_steps_all = tot.tolist()
-        return {"train_loss": loss_sum / max(n_steps_all, 1), "train_acc": corr / max(n_seen, 1),
+        loss_sum, corr, n_seen, n_steps_all, n_hard = tot.tolist()
+        return {"train_loss": loss_sum / max(n_steps_all, 1), "train_acc": corr / n_hard if n_hard else None,
                 "images_per_s": n_seen / max(dts.item(), 1e-9), "train_time_s": dts.item(), "train_images": int(n_seen),
                 "lr": [g["lr"] for g in self.wrapped.param_groups]}
 
@@ -424,8 +474,21 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.train.epochs):
             self.epoch = epoch
             rec: Dict[str, Any] = {"epoch": epoch + 1}
-            rec.update(self.train_epoch(epoch))
             last = epoch + 1 == cfg.train.epochs
+            for h in self.hooks:
+                h.on_epoch_start(self, epoch)
+            if any(h.skip_epoch(self, epoch) for h in self.hooks):
+                rec["skipped"] = True
+                if last:
+                    rec.update(self.evaluate())
+                rec["elapsed_s"] = elapsed_before + time.perf_counter() - t_run
+                self.records.append(rec)
+                if writer is not None:
+                    writer.append(rec)
+                if last or (epoch + 1) % cfg.train.checkpoint_every == 0:
+                    self._save_checkpoint(epoch)
+                continue
+            rec.update(self.train_epoch(epoch))
             if last or (epoch + 1) % cfg.train.eval_every == 0:
                 rec.update(self.evaluate())
             for h in self.hooks:
@@ -435,7 +498,7 @@ class Trainer:
             if writer is not None:
                 writer.append(rec)
                 self._print_epoch(rec)
-            if last or (epoch + 1) % cfg.train.checkpoint_every == 0:
+            if last or rec.get("stop") or (epoch + 1) % cfg.train.checkpoint_every == 0:
                 self._save_checkpoint(epoch)
             if rec.get("stop"):
                 break
@@ -445,20 +508,27 @@ class Trainer:
         if not self.cfg.train.progress:
             return
         test = f"  clean test acc {100 * r['test_acc']:.2f}%" if "test_acc" in r else ""
-        print(f"epoch {r['epoch']:>3}/{self.cfg.train.epochs}  loss {r['train_loss']:.4f}  "
-              f"train acc {100 * r['train_acc']:.2f}%{test}  {r['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+        extra = "".join(f"  {s}" for s in r.get("notes", []))
+        tra = f"  train acc {100 * r['train_acc']:.2f}%" if r.get("train_acc") is not None else ""
+        print(f"epoch {r['epoch']:>3}/{self.cfg.train.epochs}  loss {r['train_loss']:.4f}"
+              f"{tra}{test}  {r['images_per_s']:.0f} img/s{extra}",
+              file=sys.stderr, flush=True)
 
     def finish(self) -> Dict[str, Any]:
         final = next((r for r in reversed(self.records) if "test_acc" in r), {})
         summary = {
             "run_dir": str(self.run_dir), "recipe": self.cfg.recipe, "epochs": len(self.records),
-            "final_test_acc": final.get("test_acc"), "final_train_acc": self.records[-1]["train_acc"] if self.records else None,
+            "final_test_acc": final.get("test_acc"),
+            "final_train_acc": next((r["train_acc"] for r in reversed(self.records) if r.get("train_acc") is not None), None),
             "best_test_acc": max((r["test_acc"] for r in self.records if "test_acc" in r), default=None),
-            "mean_images_per_s": (sum(r["images_per_s"] for r in self.records) / len(self.records)) if self.records else None,
+            "mean_images_per_s": _mean(r["images_per_s"] for r in self.records if "images_per_s" in r),
+            "countermeasure": self.cfg.countermeasure,
             "total_time_s": self.records[-1]["elapsed_s"] if self.records else 0.0,
             "world_size": self.ctx.world_size, "backend": self.ctx.backend, "device": str(self.ctx.device),
             "dataset": self.store.manifest.get("name"), "model": self.cfg.model.name,
         }
+        for h in self.hooks:
+            h.on_train_end(self, summary)
         if self.ctx.is_main:
             write_json_atomic(self.run_dir / "summary.json", summary)
             try:

@@ -95,6 +95,7 @@ class UEModel(nn.Module):
         self.num_classes, self.width, self.stem = num_classes, width, stem
         # Indices (into layer_groups()) of frozen groups; train() keeps their modules in eval.
         self._frozen_groups: set = set()
+        self.dropout = 0.0  # dropout probability on the features before the head (spec §3.4 baseline)
 
     # ── the classifier ──────────────────────────────────────────────────────────────────────
     @property
@@ -113,7 +114,10 @@ class UEModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float images → (N, K) logits, ``head(features(x))``."""
-        return self.head(self.features(x))
+        f = self.features(x)
+        if self.dropout > 0:
+            f = torch.nn.functional.dropout(f, self.dropout, self.training)
+        return self.head(f)
 
     # ── layer groups ────────────────────────────────────────────────────────────────────────
     def layer_groups(self) -> List[Tuple[str, nn.Module]]:  # pragma: no cover - abstract
@@ -165,7 +169,7 @@ class UEModel(nn.Module):
                               f"{len(names)} groups (0..{len(names) - 1}): {', '.join(names)}")
         return ref % len(names)
 
-    def set_group_trainable(self, group: GroupRef, trainable: bool) -> None:
+    def set_group_trainable(self, group: GroupRef, trainable: bool, keep_requires_grad: bool = False) -> None:
         """Freeze (``trainable=False``) or unfreeze one group, by index (0-based) or name.
 
         Frozen means ``requires_grad=False`` for its parameters AND its modules in eval mode
@@ -175,8 +179,12 @@ class UEModel(nn.Module):
         groups = self.layer_groups()
         i = self._group_index(group, groups)
         module = groups[i][1]
-        for p in module.parameters():
-            p.requires_grad_(trainable)
+        # keep_requires_grad: under DDP the set of parameters that get gradients is fixed when the
+        # model is wrapped, so a group frozen mid-run keeps requires_grad and is held still by a
+        # zero learning rate instead (the caller's job); its BN still switches to eval mode.
+        if not keep_requires_grad:
+            for p in module.parameters():
+                p.requires_grad_(trainable)
         if trainable:
             self._frozen_groups.discard(i)
             module.train(self.training)

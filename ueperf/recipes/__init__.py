@@ -5,6 +5,8 @@ the whole record of an experiment's defaults, with the source of each number in 
 """
 from __future__ import annotations
 
+from typing import List, Optional
+
 from ..config import RunConfig
 from ..registry import Registry
 
@@ -16,7 +18,24 @@ def _load() -> None:
 RECIPES: Registry = Registry("recipe", loader=_load)
 
 
-def build(name: str) -> RunConfig:
+def build(name: str, overrides: Optional[List[str]] = None, countermeasure: str = "",
+          dataset: str = "") -> RunConfig:
+    """Recipe ``name`` + ``overrides`` (--set), then the countermeasure's defaults for every key the
+    user did not set.
+
+    ``countermeasure`` / ``dataset`` (the CLI's ``--countermeasure`` / ``--dataset``) win over a
+    ``--set countermeasure=`` / ``--set data.dataset=`` in ``overrides``.
+    """
+    from ..config import apply_overrides
+    from ..countermeasures import configure
+
     cfg = RECIPES.get(name)()
     cfg.recipe = name
-    return cfg
+    apply_overrides(cfg, list(overrides or []))
+    user = {o.split("=", 1)[0].strip() for o in overrides or []}
+    if countermeasure:
+        cfg.countermeasure = countermeasure
+    if dataset:
+        cfg.data.dataset = dataset
+        user.add("data.dataset")
+    return configure(cfg, user)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 
 def _plt():
@@ -28,11 +28,13 @@ def plot_training(records: Sequence[Dict[str, Any]], path: os.PathLike, title: s
         ax.plot(*zip(*te), "-s", ms=3, label="clean test loss")
     ax.set_xlabel("epoch"); ax.set_ylabel("loss"); ax.set_title("loss"); ax.legend()
     ax = axes[1]
-    ax.plot(ep, [100 * r.get("train_acc", 0) for r in recs], "-o", ms=3, label="train (augmented)")
+    tr = [(r["epoch"], 100 * r["train_acc"]) for r in recs if r.get("train_acc") is not None]
+    if tr:
+        ax.plot(*zip(*tr), "-o", ms=3, label="train (augmented)")
     te = [(r["epoch"], 100 * r["test_acc"]) for r in recs if r.get("test_acc") is not None]
     if te:
         ax.plot(*zip(*te), "-s", ms=3, label="clean test")
-    rej = [(r["epoch"], 100 * r.get("train_acc", 0)) for r in recs if r.get("rejected")]
+    rej = [(r["epoch"], 100 * r["train_acc"]) for r in recs if r.get("rejected") and r.get("train_acc") is not None]
     if rej:
         ax.plot(*zip(*rej), "rx", ms=9, label="rejected epoch")
     ax.set_xlabel("epoch"); ax.set_ylabel("accuracy (%)"); ax.set_ylim(0, 100)
@@ -53,9 +55,99 @@ def plot_training(records: Sequence[Dict[str, Any]], path: os.PathLike, title: s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: os.PathLike) -> str:
     path = os.fspath(path)
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def plot_st(records: Sequence[Dict[str, Any]], path: os.PathLike, threshold: Optional[float] = None,
+            group_names: Sequence[str] = ()) -> str:
+    """Staged training at a glance: train vs clean-test accuracy with rejected (rolled-back)
+    epochs marked; ACM per epoch with its threshold; the per-group lr multipliers v as a heat
+    map (rows = layer groups shallow → deep, columns = epochs; 0 = frozen)."""
+    plt = _plt()
+    recs = [r for r in records if "epoch" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
+    ax = axes[0]
+    tr = [(r["epoch"], 100 * r["train_acc"]) for r in recs if r.get("train_acc") is not None]
+    if tr:
+        ax.plot(*zip(*tr), "-o", ms=3, label="train (protected, augmented)")
+    te = [(r["epoch"], 100 * r["test_acc"]) for r in recs if r.get("test_acc") is not None]
+    if te:
+        ax.plot(*zip(*te), "-s", ms=3, label="clean test (accepted model)")
+    rj = [(r["epoch"], 100 * r["test_acc_rejected"]) for r in recs if r.get("test_acc_rejected") is not None]
+    if rj:
+        ax.plot(*zip(*rj), "rx", ms=9, label="clean test of a rejected epoch")
+    ft = [r["epoch"] for r in recs if r.get("phase") == "finetune"]
+    if ft:
+        ax.axvspan(min(ft) - 0.5, max(ft) + 0.5, color="0.9", label="fine-tune (ST-Full step 2)")
+    ax.set_xlabel("epoch"); ax.set_ylabel("accuracy (%)"); ax.set_ylim(0, 100)
+    ax.set_title("accuracy"); ax.legend(fontsize=8)
+    ax = axes[1]
+    ac = [(r["epoch"], r["acm"]) for r in recs if r.get("acm") is not None]
+    if ac:
+        ax.plot(*zip(*ac), "-o", ms=3, label="ACM on D_v")
+        bad = [(r["epoch"], r["acm"]) for r in recs if r.get("acm") is not None and r.get("rejected")]
+        if bad:
+            ax.plot(*zip(*bad), "rx", ms=9, label="triggered (rolled back)")
+    if threshold is not None:
+        ax.axhline(threshold, color="r", ls="--", lw=1, label=f"threshold τ = {threshold:g}")
+    ax.set_xlabel("epoch"); ax.set_ylabel("ACM"); ax.set_title("activation cluster measurement")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    vs = [(r["epoch"], r["st_v"]) for r in recs if r.get("st_v")]
+    if vs:
+        import numpy as np
+        ep, v = zip(*vs)
+        im = ax.imshow(np.array(v, dtype=float).T, aspect="auto", origin="lower", cmap="viridis",
+                       vmin=0, vmax=1, extent=(ep[0] - 0.5, ep[-1] + 0.5, -0.5, len(v[0]) - 0.5))
+        fig.colorbar(im, ax=ax, label="lr multiplier v")
+        if group_names and len(group_names) == len(v[0]) and len(group_names) <= 20:
+            ax.set_yticks(range(len(group_names)))
+            ax.set_yticklabels(group_names, fontsize=7)
+    ax.set_xlabel("epoch"); ax.set_ylabel("layer group (shallow → deep)")
+    ax.set_title("per-group lr multipliers")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_acm_scatter(points, labels, path: os.PathLike, title: str = "") -> str:
+    """2-D scatter of embedded penultimate activations (t-SNE or PCA), coloured by class."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "tab20",
+                    s=6, alpha=0.8)
+    ax.legend(*sc.legend_elements(), title="class", fontsize=7, loc="best", markerscale=0.8)
+    ax.set_xticks([]); ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_heatmap(values, rows: Sequence[str], cols: Sequence[str], path: os.PathLike, title: str = "",
+                 label: str = "") -> str:
+    """A table as a heat map: values[i][j] in [0, 1] (None = missing), annotated in percent."""
+    import numpy as np
+    plt = _plt()
+    a = np.array([[np.nan if v is None else 100 * v for v in row] for row in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 3, 0.45 * len(rows) + 1.8))
+    im = ax.imshow(a, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels(cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows)
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            ax.text(j, i, "–" if np.isnan(a[i, j]) else f"{a[i, j]:.1f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label=label)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plt, path)

@@ -1,0 +1,291 @@
+"""ACM (spec §4.2), Progressive Staged Training (§4.3-4.5) and adversarial training (§3.1).
+
+ACM is checked on constructed features of known geometry for every backend; ST's mechanics on
+short synthetic runs: rollback restores weights, momentum and BN statistics exactly, a trigger
+that never fires leaves training bit-identical to NT, frozen groups stay still, ST-Full's
+fine-tune phase unfreezes everything, and an interrupted ST run resumes bit-for-bit.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ueperf.countermeasures import COUNTERMEASURES, build_hooks, parse
+from ueperf.countermeasures.st import STHook, multipliers
+from ueperf.engine.hooks import TrainHook
+from ueperf.engine.trainer import Trainer, train
+from ueperf.errors import ConfigError
+from ueperf.metrics.acm import acm, cluster_measure, select_subset
+from ueperf.recipes import build
+
+BACKENDS = [("torch", "pca2"), ("torch", "raw"), ("tsne", "pca2"), ("faiss", "pca2"), ("faiss", "raw")]
+
+
+def _clusters(spread: float, sep: float, k=5, n=30, d=64, seed=0):
+    """k Gaussian clusters in d dims: centres sep·(random unit vectors), per-point noise ``spread``."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1) * sep
+    y = torch.arange(k).repeat_interleave(n)
+    return centres[y] + spread * torch.randn(k * n, d, generator=g), y
+
+
+# ───────────────────────────────────────────── ACM ──
+def test_cluster_measure_hand_checked():
+    # two classes in 1-D: {0, 2} (μ 1, intra 1, radius 1) and {10, 14} (μ 12, intra 2, radius 2)
+    z = torch.tensor([[0.0], [2.0], [10.0], [14.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    assert cluster_measure(z, y, "db_inverse") == pytest.approx(11 / 3)
+    assert cluster_measure(z, y, "radius_margin") == pytest.approx(11 / 3)
+    z2 = torch.tensor([[0.0], [1.0], [4.0], [10.0], [14.0], [12.0]])  # class 0: μ 5/3, intra 14/9, r 7/3
+    y2 = torch.tensor([0, 0, 0, 1, 1, 1])                              # class 1: μ 12, intra 4/3, r 2
+    assert cluster_measure(z2, y2, "db_inverse") == pytest.approx((12 - 5 / 3) / (14 / 9 + 4 / 3))
+    assert cluster_measure(z2, y2, "radius_margin") == pytest.approx((12 - 5 / 3) / (7 / 3 + 2))
+    with pytest.raises(ConfigError, match="2 classes"):
+        cluster_measure(z, torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("backend,reduce,variant", [(b, r, v) for b, r in BACKENDS for v in ("db_inverse", "radius_margin")
+                                                     if not (b == "tsne" and v == "radius_margin")])  # t-SNE: seconds; once
+def test_acm_orders_geometry_for_every_backend(backend, reduce, variant):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    if backend == "tsne":
+        pytest.importorskip("sklearn")
+    tight, y = _clusters(spread=0.05, sep=4.0)
+    loose, _ = _clusters(spread=1.5, sep=1.0)
+    kw = dict(backend=backend, reduce=reduce, variant=variant, perplexity=20)
+    a_tight, a_loose = acm(tight, y, **kw), acm(loose, y, **kw)
+    assert a_tight > 1.5 * a_loose, (a_tight, a_loose)
+    assert math.isfinite(a_tight) and a_loose > 0
+
+
+def test_select_subset_is_balanced_seeded_and_first_classes():
+    y = np.repeat(np.arange(20), 30)
+    idx = select_subset(y, 100, 10, seed=3)
+    assert len(idx) == 100 and set(np.unique(y[idx])) == set(range(10))
+    assert all((y[idx] == c).sum() == 10 for c in range(10))
+    assert np.array_equal(idx, select_subset(y, 100, 10, seed=3))
+    assert not np.array_equal(idx, select_subset(y, 100, 10, seed=4))
+    assert len(set(np.unique(y[select_subset(y, 100, 0, seed=0)]))) == 20
+
+
+def test_bad_acm_options_are_config_errors():
+    f, y = _clusters(0.1, 1.0)
+    for kw, needle in [({"backend": "umap"}, "acm.backend"), ({"reduce": "pca3"}, "acm.reduce"),
+                       ({"variant": "csd"}, "acm.variant")]:
+        with pytest.raises(ConfigError, match=needle):
+            acm(f, y, **kw)
+
+
+# ───────────────────────────────────────────── multipliers ──
+def test_multipliers_geometric_and_linear():
+    assert multipliers(0, 4, 0.5) == [1, 1, 1, 1]
+    assert multipliers(1, 4, 0.5) == [0.5, 1, 1, 1]
+    assert multipliers(3, 4, 0.5) == [0.125, 0.25, 0.5, 1]
+    assert multipliers(12, 4, 0.5) == [0, 0, 0, 0.5 ** 9]            # v_min = 1e-3 zeroes the rest
+    assert multipliers(40, 4, 0.5) == [0, 0, 0, 0]
+    assert multipliers(1, 4, 0.5, "linear") == pytest.approx([0.5, 0.625, 0.75, 0.875])
+    assert multipliers(2, 4, 0.5, "linear") == pytest.approx([0, 0.25, 0.5, 0.75])
+    with pytest.raises(ConfigError, match="st.multiplier"):
+        multipliers(1, 4, 0.5, "cubic")
+
+
+# ───────────────────────────────────────────── ST on short runs ──
+def _st_cfg(tmp_path, name, cm="st", **sets):
+    base = {"out_dir": str(tmp_path), "name": name, "train.progress": "false", "train.epochs": 3,
+            "train.deterministic": "true", "train.threads": 1, "acm.subset": 100}
+    base.update(sets)
+    return build("synthetic_smoke", [f"{k}={v}" for k, v in base.items()], countermeasure=cm)
+
+
+def _state(tr):
+    return {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+
+
+def test_rollback_restores_weights_momentum_and_bn_exactly(tmp_path):
+    """τ tiny: every epoch is rejected, so after each the model is the initial one again —
+    weights and BN running statistics bit-for-bit, and no momentum."""
+    cfg = _st_cfg(tmp_path, "rej", **{"st.tau": 1e-9, "train.epochs": 2})
+    tr = Trainer(cfg, hooks=build_hooks(cfg)).setup()
+    init = _state(tr)
+    tr.fit()
+    after = _state(tr)
+    for k in init:
+        assert torch.equal(init[k], after[k]), k
+    assert len(tr.wrapped.optimizer.state) == 0                        # momentum buffers rolled back too
+    recs = tr.records
+    assert [r["rejected"] for r in recs] == [True, True]
+    assert [r["st_counter"] for r in recs] == [1, 2]
+    assert recs[1]["st_v"] == multipliers(2, 10, 0.5)
+    assert "test_acc_rejected" in recs[0]
+    tr.close()
+
+
+def test_st_that_never_triggers_is_nt_bit_for_bit(tmp_path):
+    nt = train(_st_cfg(tmp_path, "nt", cm="nt"))
+    cfg = _st_cfg(tmp_path, "st", **{"st.tau": 1e9})
+    st = train(cfg, hooks=build_hooks(cfg))
+    a = torch.load(tmp_path / "nt" / "checkpoint.pt", weights_only=True)["trainer"]["model"]
+    b = torch.load(tmp_path / "st" / "checkpoint.pt", weights_only=True)["trainer"]["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert st["final_test_acc"] == nt["final_test_acc"]
+    recs = [json.loads(l) for l in (tmp_path / "st" / "records.jsonl").read_text().splitlines()]
+    assert all(not r["rejected"] and r["acm"] > 0 and r["st_v"] == [1.0] * 10 for r in recs)
+    assert (tmp_path / "st" / "st.png").stat().st_size > 0 and (tmp_path / "st" / "acm_scatter.png").exists()
+
+
+def test_frozen_groups_do_not_change_and_all_frozen_stops(tmp_path):
+    """α = 0.01, v_min 0.5: one trigger zeroes group 0; with τ tiny every epoch triggers until
+    all are frozen, and ST stops early."""
+    cfg = _st_cfg(tmp_path, "frz", **{"st.tau": 1e-9, "st.alpha": 0.01, "st.v_min": 0.5, "train.epochs": 30})
+    tr = Trainer(cfg, hooks=build_hooks(cfg)).setup()
+    tr.fit()
+    recs = tr.records
+    assert recs[0]["st_v"][0] == 0 and recs[0]["st_v"][1:] == [1.0] * 9
+    assert recs[-1]["stop"] and recs[-1]["st_v"] == [0.0] * 10 and len(recs) == 10
+    assert tr.model.frozen_groups() == list(range(10))
+    assert not any(p.requires_grad for p in tr.model.parameters())
+    tr.close()
+
+
+def test_frozen_group_stays_still_while_the_rest_trains(tmp_path):
+    """Only epoch 1 is rejected and α tiny freezes group 0: in epochs 2 and 3 every other group
+    trains while group 0's weights and BN statistics stay exactly where the rollback put them."""
+    class Record(TrainHook):
+        stems, heads = [], []
+
+        def on_epoch_end(self, tr, rec):
+            self.stems.append({k: v.clone() for k, v in tr.model.layer_groups()[0][1].state_dict().items()})
+            self.heads.append(tr.model.head.weight.detach().clone())
+
+    cfg = _st_cfg(tmp_path, "part", **{"st.alpha": 0.01, "st.v_min": 0.5, "train.epochs": 3})
+    hooks = build_hooks(cfg)
+    st = hooks[0]
+    st._triggered = lambda a: st.state["c"] == 0          # reject the first epoch only
+    rec = Record()
+    tr = Trainer(cfg, hooks=hooks + [rec]).setup()         # ST's hook runs first: rec sees post-rollback state
+    tr.fit()
+    assert [r["rejected"] for r in tr.records] == [True, False, False]
+    assert tr.records[-1]["st_v"] == [0.0] + [1.0] * 9
+    for e in (1, 2):
+        for k in rec.stems[0]:
+            assert torch.equal(rec.stems[0][k], rec.stems[e][k]), (e, k)
+    assert not torch.equal(rec.heads[1], rec.heads[2])
+    tr.close()
+
+
+def test_st_full_fine_tunes_every_group_after_st(tmp_path):
+    cfg = _st_cfg(tmp_path, "full", cm="st_full", **{"st.finetune_epochs": 2, "train.epochs": 4, "st.tau": 1e-9,
+                                                     "st.alpha": 0.01, "st.v_min": 0.5})
+    assert cfg.optim.lr == 0.2 and cfg.augment.cg
+    tr = Trainer(cfg, hooks=build_hooks(cfg)).setup()
+    tr.fit()
+    recs = tr.records
+    assert [r.get("phase") for r in recs] == ["st", "st", "finetune", "finetune"]
+    assert recs[2]["lr"][0] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * (1 - 1 / 8) / 2)), rel=1e-6)
+    assert tr.model.frozen_groups() == [] and all(p.requires_grad for p in tr.model.parameters())
+    assert all(l > 0 for l in recs[3]["lr"])
+    tr.close()
+
+
+def test_st_full_epochs_default_and_user_values():
+    assert build("demo", [], countermeasure="st_full").train.epochs == 12 + 30
+    assert build("demo", ["st.finetune_epochs=5"], countermeasure="st_full").train.epochs == 17
+    cfg = build("demo", ["train.epochs=8", "optim.lr=0.05"], countermeasure="st_full")
+    assert cfg.train.epochs == 8 and cfg.optim.lr == 0.05          # --set values win
+    with pytest.raises(ConfigError, match="st.finetune_epochs"):
+        build_hooks(build("demo", ["train.epochs=30"], countermeasure="st_full"))
+
+
+class _Crash(TrainHook):
+    def __init__(self, at):
+        self.at = at
+
+    def on_batch(self, tr, x, y, idx):
+        if tr.epoch == self.at:
+            raise KeyboardInterrupt
+        return x, y
+
+
+def test_st_resume_is_bit_for_bit(tmp_path):
+    sets = {"st.trigger": "jump", "st.jump": 1.05, "train.epochs": 4}
+    cfg = _st_cfg(tmp_path, "full", **sets)
+    train(cfg, hooks=build_hooks(cfg))
+    cut = _st_cfg(tmp_path, "cut", **sets)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, hooks=build_hooks(cut) + [_Crash(2)])
+    cut = _st_cfg(tmp_path, "cut", **sets)
+    train(cut, hooks=build_hooks(cut), resume=True)
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("images_per_s", "train_time_s", "elapsed_s", "acm_ms")}
+    ra = [strip(json.loads(l)) for l in (tmp_path / "full" / "records.jsonl").read_text().splitlines()]
+    rb = [strip(json.loads(l)) for l in (tmp_path / "cut" / "records.jsonl").read_text().splitlines()]
+    assert ra == rb
+    assert any(r["rejected"] for r in ra) and not all(r["rejected"] for r in ra)  # both branches exercised
+
+
+def test_bad_st_values_and_deepspeed_are_refused():
+    for sets, needle in [(["st.alpha=1.5"], "st.alpha"), (["st.trigger=often"], "st.trigger"),
+                         (["st.jump=0.9"], "st.jump"), (["acm.backend=umap"], "acm.backend"),
+                         (["parallel.backend=deepspeed"], "DeepSpeed")]:
+        with pytest.raises(ConfigError, match=needle):
+            build_hooks(build("demo", sets, countermeasure="st"))
+
+
+# ───────────────────────────────────────────── AT ──
+def test_at_batches_are_adversarial_within_the_budget(tmp_path):
+    cfg = _st_cfg(tmp_path, "at", cm="at", **{"train.epochs": 1})
+    (hook,) = build_hooks(cfg)
+    tr = Trainer(cfg, hooks=[]).setup()
+    xb, yb, ib = next(iter(tr.train_loader))
+    x = tr.augmenter(xb, out_dtype=torch.float32)
+    xa, ya = hook.on_batch(tr, x, yb, ib)
+    assert xa.shape == x.shape and torch.equal(ya, yb)
+    assert float((xa - x).abs().max()) <= cfg.at.eps + 1e-6 and float((xa - x).abs().max()) > cfg.at.eps / 2
+    assert 0 <= float(xa.min()) and float(xa.max()) <= 1
+    tr.model.eval()
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy
+        assert ce(tr.model(xa), yb) > ce(tr.model(x), yb)
+    tr.close()
+
+
+def test_registry_and_combinations():
+    names = COUNTERMEASURES.names()
+    for n in ("nt", "nt_cg", "st", "st_cg", "st_full", "at"):
+        assert n in names
+    assert [c.name for c in parse("st_cg+at")] == ["st_cg", "at"]
+    assert [c.name for c in parse("nt+at")] == ["at"]
+    with pytest.raises(ConfigError, match="twice"):
+        parse("at+at")
+    with pytest.raises(ConfigError, match="unknown countermeasure"):
+        parse("stt")
+
+
+# ───────────────────────────────────────────── real images ──
+@pytest.mark.slow
+def test_st_cg_beats_nt_on_em_protected_real_cifar(em_cifar, tmp_path):
+    """The issue's check: on EM-protected real CIFAR-10 images, ST-CG ends with clearly higher
+    clean test accuracy than NT at the same budget (6 epochs, eighth-width ResNet-18)."""
+    from victim import train_victim
+    _, em = em_cifar
+    nt = train_victim(em, tmp_path / "nt")["final_test_acc"]
+    stcg = train_victim(em, tmp_path / "st_cg", countermeasure="st_cg", sets=["st.trigger=rise"])
+    print(f"EM-protected: NT {nt:.3f}, ST-CG {stcg['final_test_acc']:.3f} ({stcg['st_rejections']} rollbacks)")
+    assert stcg["final_test_acc"] > nt + 0.08
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cm", ["nt_cg", "st", "st_full", "at"])
+def test_countermeasure_leaves_clean_training_working(em_cifar, tmp_path, cm):
+    """Each countermeasure on the clean real images (2,000, 5 epochs) still learns: well above
+    the 10 % of chance on the clean test set."""
+    from victim import train_victim
+    clean, _ = em_cifar
+    sets = ["st.finetune_epochs=2", "train.epochs=5"] if cm == "st_full" else []
+    s = train_victim(clean, tmp_path / cm, countermeasure=cm, epochs=5, sets=sets)
+    assert s["final_test_acc"] > 0.25, s

@@ -1,0 +1,46 @@
+"""``python -m ueperf.sweep``: protections × countermeasures → a table of clean test accuracy;
+cells are ordinary run folders, reused when finished, so a rerun continues a sweep."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ueperf.errors import ConfigError
+from ueperf.sweep import main
+
+BASE = ["--dataset", "synthetic", "--data", "synthetic_train=256", "--data", "synthetic_test=64",
+        "--recipe", "synthetic_smoke", "--set", "train.epochs=1", "--set", "train.threads=1", "--quiet"]
+
+
+def test_sweep_writes_the_table_and_reuses_finished_cells(tmp_path, capsys):
+    args = BASE + ["--protections", "clean,random", "--countermeasures", "nt,nt_cg",
+                   "--set", f"data.cache_dir={tmp_path / 'cache'}", "--out", str(tmp_path / "sw")]
+    assert main(args) == 0
+    out = tmp_path / "sw"
+    doc = json.loads((out / "table.json").read_text())
+    assert doc["rows"] == ["clean", "random"] and doc["columns"] == ["nt", "nt_cg"]
+    assert all(0 <= doc["cells"][r][c] <= 1 for r in doc["rows"] for c in doc["columns"])
+    md = (out / "table.md").read_text()
+    assert "| clean |" in md and "| random |" in md and "python -m ueperf.sweep" in md
+    assert (out / "table.csv").read_text().startswith("protection,nt,nt_cg")
+    assert (out / "table.png").stat().st_size > 0
+    cfg = json.loads((out / "runs" / "random__nt_cg" / "config.json").read_text())["config"]
+    assert cfg["countermeasure"] == "nt_cg" and cfg["augment"]["cg"] is True
+    assert "protected" in cfg["data"]["dataset"] or "random" in cfg["data"]["dataset"]
+    stamp = (out / "runs" / "clean__nt" / "summary.json").stat().st_mtime_ns
+    assert main(args) == 0                                   # rerun: every cell reused, same table
+    assert (out / "runs" / "clean__nt" / "summary.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "table.json").read_text())["cells"] == doc["cells"]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--protections", "clean,emm"], "unknown protection"),
+    (["--countermeasures", "nt,stt"], "unknown countermeasure"),
+    (["--protect-set", "ops:steps=3"], "not in --protections"),
+    (["--set", "optim.lr=fast"], "optim.lr"),
+])
+def test_bad_sweep_arguments_fail_before_any_work(tmp_path, extra, needle):
+    with pytest.raises(ConfigError, match=needle):
+        main(BASE + ["--out", str(tmp_path / "x")] + extra)
+    assert not (tmp_path / "x" / "runs").exists()

@@ -1,0 +1,122 @@
+"""Pick a countermeasure's hyperparameters from 20 clean images (spec §4.7).
+
+    python -m ueperf.calibrate --dataset STORE --countermeasure st \\
+        [--grid st.tau=0.5,1,1.5,2,3,4] [--grid st.alpha=0.3,0.5,0.7] [--holdout 20] [--set k=v ...]
+
+Every combination of the grid values trains the countermeasure (on the protected training set
+only, usually with a shortened budget via ``--set train.epochs=...``); the trained model is
+scored on ``--holdout`` clean test-distribution images (2 per class on CIFAR-10), which every run
+also excludes from its reported test set (``data.test_holdout``), so the choice never sees the
+images the results are reported on. The best held-out accuracy wins (ties: lower held-out loss,
+then the earlier grid point). Writes ``calibration.json`` (grid, every run's scores, the choice,
+the ``--set`` line to reuse it) and ``calibration.md`` under ``out_dir/NAME``.
+Default grid: spec §4.7's τ × α for ST's absolute trigger.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+DEFAULT_GRID = ["st.tau=0.5,1,1.5,2,3,4", "st.alpha=0.3,0.5,0.7"]  # spec §4.7
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ueperf.calibrate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="cifar10_resnet18", help="base recipe (default cifar10_resnet18)")
+    p.add_argument("--dataset", default="", help="the protected training set (store folder) or dataset name")
+    p.add_argument("--countermeasure", default="st", help="countermeasure to calibrate (default st)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values to try for one config key (repeatable; default: " + " ".join(DEFAULT_GRID) + ")")
+    p.add_argument("--holdout", type=int, default=20, help="clean held-out images to select on (default 20)")
+    p.add_argument("--name", default="calibration", help="output folder name under out_dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def parse_grid(items: List[str]) -> List[Tuple[str, List[str]]]:
+    from .errors import ConfigError
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. st.tau=1,2,3)")
+        key, vals = item.split("=", 1)
+        values = [v.strip() for v in vals.split(",") if v.strip()]
+        if not values:
+            raise ConfigError(f"--grid {item!r}: no values")
+        out.append((key.strip(), values))
+    return out
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import to_dict
+    from .countermeasures import build_hooks
+    from .data.holdout import split_holdout
+    from .data.store import Split
+    from .errors import ConfigError
+    from .recipes import build
+    from .reports.records import write_json_atomic
+
+    grid = parse_grid(args.grid or DEFAULT_GRID)
+    if args.holdout < 1:
+        raise ConfigError(f"--holdout={args.holdout}: must be >= 1")
+    combos = list(itertools.product(*[v for _, v in grid]))
+    base = build(args.recipe, args.overrides, countermeasure=args.countermeasure, dataset=args.dataset)
+    out = Path(base.out_dir).expanduser() / args.name
+    for combo in combos:  # every grid value type-checks before any training
+        build(args.recipe, args.overrides + [f"{k}={v}" for (k, _), v in zip(grid, combo)],
+              countermeasure=args.countermeasure, dataset=args.dataset)
+    from .data import make_loader
+    from .engine.trainer import Trainer
+
+    rows: List[Dict] = []
+    for i, combo in enumerate(combos):
+        point = {k: v for (k, _), v in zip(grid, combo)}
+        sets = args.overrides + [f"{k}={v}" for k, v in point.items()] + [
+            f"data.test_holdout={args.holdout}", f"out_dir={out}", f"name=run{i:02d}"]
+        cfg = build(args.recipe, sets, countermeasure=args.countermeasure, dataset=args.dataset)
+        print(f"[{i + 1}/{len(combos)}] {' '.join(f'{k}={v}' for k, v in point.items())}", file=sys.stderr, flush=True)
+        tr = Trainer(cfg, hooks=build_hooks(cfg))
+        try:
+            tr.setup()
+            summary = tr.fit()
+            _, _, xh, yh = split_holdout(tr.store.test.x, tr.store.test.y, args.holdout)
+            loader = make_loader(Split(x=xh, y=yh, name="holdout"), len(yh), device=tr.ctx.device, shuffle=False,
+                                 drop_last=False, seed=0)
+            held = tr.evaluate(loader)
+        finally:
+            tr.close()
+        rows.append({"point": point, "holdout_acc": held["test_acc"], "holdout_loss": held["test_loss"],
+                     "test_acc": summary["final_test_acc"], "run_dir": summary["run_dir"],
+                     "rejections": summary.get("st_rejections")})
+    best = max(range(len(rows)), key=lambda j: (rows[j]["holdout_acc"], -rows[j]["holdout_loss"], -j))
+    choice = rows[best]
+    doc = {"countermeasure": args.countermeasure, "dataset": args.dataset or base.data.dataset,
+           "holdout": args.holdout, "grid": dict(grid), "runs": rows, "choice": choice["point"],
+           "set": " ".join(f"--set {k}={v}" for k, v in choice["point"].items()),
+           "config": to_dict(base)}
+    write_json_atomic(out / "calibration.json", doc)
+    keys = [k for k, _ in grid]
+    lines = [f"# Calibration of {args.countermeasure} on {doc['dataset']}", "",
+             f"Selected on {args.holdout} held-out clean test images (excluded from every run's test set).", "",
+             "| " + " | ".join(keys) + " | held-out acc | held-out loss | test acc (monitor) | rejections |",
+             "|" + " --- |" * (len(keys) + 4)]
+    for r in rows:
+        mark = " **←**" if r is choice else ""
+        lines.append("| " + " | ".join(r["point"][k] for k in keys) +
+                     f" | {100 * r['holdout_acc']:.1f} % | {r['holdout_loss']:.3f} | "
+                     f"{100 * (r['test_acc'] or 0):.2f} % | {r['rejections']}{mark} |")
+    lines += ["", f"Choice: `{doc['set']}`"]
+    (out / "calibration.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out / 'calibration.json'} and calibration.md")
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+    run_cli(main)

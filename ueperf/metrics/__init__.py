@@ -1,0 +1,1 @@
+"""Measurements on models and data: ACM (spec §4.2)."""

@@ -1,0 +1,168 @@
+"""Sweeps that produce the papers' tables: protections × countermeasures → clean test accuracy.
+
+    python -m ueperf.sweep --dataset cifar10 --root ~/data \\
+        --protections clean,random,em,rem,sp,ops,ap,aep,hypo --countermeasures nt,nt_cg,st_cg \\
+        [--protect-set em:max_rounds=10] [--surrogate-set model.width=0.5] [--set train.epochs=30] \\
+        [--data train_limit=5000] [--out sweeps/NAME]
+
+For each protection (``clean`` = the clean training set) the protected store is generated once
+(or reused: stores are keyed by method, config, seed and clean data); for each countermeasure a
+victim is trained on it with the recipe (``--recipe``, default the spec §3.0 standard one) plus
+``--set`` overrides, and its final clean test accuracy fills one cell. Every cell is one
+ordinary run folder under ``OUT/runs/<protection>__<countermeasure>``: a finished cell is reused,
+an interrupted one resumed, so rerunning the same command continues a sweep. Writes
+``OUT/table.md`` (with the command), ``table.csv``, ``table.json`` and ``table.png`` (heat map).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+CLEAN = "clean"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ueperf.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="clean source name (cifar10, imagefolder, ...) or a clean store folder")
+    p.add_argument("--root", default="", help="where the source lives (folder or archive)")
+    p.add_argument("--data", dest="data_sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="DataConfig override for the clean source, e.g. --data train_limit=5000")
+    p.add_argument("--protections", default="clean,random,em", help="comma-separated; 'clean' = unprotected")
+    p.add_argument("--countermeasures", default="nt", help="comma-separated (each may be a '+' combination)")
+    p.add_argument("--protect-set", dest="protect_sets", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                   help="a protection's config override, e.g. em:max_rounds=10 (repeatable)")
+    p.add_argument("--surrogate-set", dest="surrogate_sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="RunConfig override for every surrogate, e.g. model.width=0.25")
+    p.add_argument("--recipe", default="cifar10_resnet18", help="victim recipe (default cifar10_resnet18)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="victim config override (repeatable), e.g. model.width=0.25")
+    p.add_argument("--seed", type=int, default=0, help="protection seed (victims use train.seed)")
+    p.add_argument("--device", default="auto", help="device for the protections (victims: train.device)")
+    p.add_argument("--out", default="", help="sweep folder (default sweeps/<dataset>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _protect_overrides(items: Sequence[str], methods: Sequence[str]) -> Dict[str, List[str]]:
+    from .errors import ConfigError
+    out: Dict[str, List[str]] = {m: [] for m in methods}
+    for item in items:
+        if ":" not in item or "=" not in item.split(":", 1)[1]:
+            raise ConfigError(f"--protect-set {item!r}: expected METHOD:KEY=VALUE (e.g. em:max_rounds=10)")
+        m, kv = item.split(":", 1)
+        if m not in out:
+            raise ConfigError(f"--protect-set {item!r}: {m!r} is not in --protections ({', '.join(methods)})")
+        out[m].append(kv)
+    return out
+
+
+def run_cell(recipe: str, store_path: Path, countermeasure: str, overrides: Sequence[str], run_dir: Path,
+             progress: bool) -> Dict:
+    """Train one victim (or reuse / resume its run folder) and return its summary."""
+    from .countermeasures import build_hooks
+    from .engine.trainer import train
+    from .recipes import build
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text())
+    sets = [*overrides, f"data.dataset={store_path}", f"out_dir={run_dir.parent}", f"name={run_dir.name}",
+            f"train.progress={'true' if progress else 'false'}"]
+    cfg = build(recipe, sets, countermeasure=countermeasure)
+    resume = (run_dir / "config.json").exists()
+    return train(cfg, hooks=build_hooks(cfg), resume=resume)
+
+
+def write_table(out: Path, rows: List[str], cols: List[str], cells: Dict[str, Dict[str, Optional[float]]],
+                title: str, command: str, notes: Sequence[str] = ()) -> None:
+    """table.md / .csv / .json / .png of clean test accuracy (%) per (row, column)."""
+    from .reports.plots import plot_heatmap
+    from .reports.records import write_json_atomic
+
+    def fmt(v):
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    md = [f"# {title}", "", f"Command: `{command}`", "", f"Date: {time.strftime('%Y-%m-%d')}", "",
+          "Clean test accuracy (%) of the victim, final epoch.", "",
+          "| protection | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+    md += [f"| {r} | " + " | ".join(fmt(cells[r].get(c)) for c in cols) + " |" for r in rows]
+    md += [""] + list(notes)
+    (out / "table.md").write_text("\n".join(md) + "\n")
+    csv = ["protection," + ",".join(cols)]
+    csv += [r + "," + ",".join("" if cells[r].get(c) is None else f"{cells[r][c]:.4f}" for c in cols) for r in rows]
+    (out / "table.csv").write_text("\n".join(csv) + "\n")
+    write_json_atomic(out / "table.json", {"rows": rows, "columns": cols, "cells": cells, "command": command})
+    try:
+        plot_heatmap([[cells[r].get(c) for c in cols] for r in rows], rows, cols, out / "table.png",
+                     title=title, label="clean test accuracy (%)")
+    except ImportError:
+        print("matplotlib is not installed: skipped table.png", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import DataConfig, apply_overrides
+    from .countermeasures import parse
+    from .data import prepare_dataset
+    from .data.store import is_store, open_store
+    from .errors import ConfigError
+    from .protections import PROTECTIONS
+    from .protections.runner import generate_protected
+    from .recipes import build
+
+    prots = [p.strip() for p in args.protections.split(",") if p.strip()]
+    cms = [c.strip() for c in args.countermeasures.split(",") if c.strip()]
+    if not prots or not cms:
+        raise ConfigError("--protections and --countermeasures each need at least one name")
+    for p in prots:
+        if p != CLEAN:
+            PROTECTIONS.get(p)  # unknown names fail before any work
+    for c in cms:
+        parse(c)
+        build(args.recipe, args.overrides, countermeasure=c)  # --set values type-check now
+    psets = _protect_overrides(args.protect_sets, prots)
+    command = "python -m ueperf.sweep " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    out = Path(args.out or f"sweeps/{Path(args.dataset).name}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    victim = build(args.recipe, args.overrides)
+    if is_store(args.dataset):
+        clean = open_store(args.dataset)
+    else:
+        dcfg = apply_overrides(DataConfig(dataset=args.dataset, root=args.root, cache_dir=victim.data.cache_dir),
+                               args.data_sets)
+        clean = prepare_dataset(dcfg)
+    cache = Path(victim.data.cache_dir).expanduser()
+    cells: Dict[str, Dict[str, Optional[float]]] = {p: {} for p in prots}
+    gen_time: Dict[str, float] = {}
+    for p in prots:
+        if p == CLEAN:
+            store = clean
+        else:
+            t0 = time.perf_counter()
+            store = generate_protected(p, clean, overrides=psets[p], seed=args.seed, cache_dir=cache,
+                                       surrogate_overrides=args.surrogate_sets, device=args.device,
+                                       progress=not args.quiet)
+            gen_time[p] = time.perf_counter() - t0
+        for c in cms:
+            run_dir = out / "runs" / f"{p}__{c}"
+            print(f"── {p} × {c}", file=sys.stderr, flush=True)
+            s = run_cell(args.recipe, store.path, c, args.overrides, run_dir, progress=not args.quiet)
+            cells[p][c] = s.get("final_test_acc")
+            write_table(out, prots, cms, cells, f"{clean.name}: protections × countermeasures", command)
+    notes = [f"Protection time (s, this run; 0 ≈ reused): " +
+             ", ".join(f"{p} {t:.0f}" for p, t in gen_time.items())] if gen_time else []
+    write_table(out, prots, cms, cells, f"{clean.name}: protections × countermeasures", command, notes)
+    print((out / "table.md").read_text())
+    print(f"wrote {out}/table.md, table.csv, table.json, table.png")
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+    run_cli(main)
