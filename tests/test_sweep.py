@@ -44,3 +44,18 @@ def test_bad_sweep_arguments_fail_before_any_work(tmp_path, extra, needle):
     with pytest.raises(ConfigError, match=needle):
         main(BASE + ["--out", str(tmp_path / "x")] + extra)
     assert not (tmp_path / "x" / "runs").exists()
+
+
+def test_sweep_over_paradigms_builds_and_reuses_the_prior(tmp_path):
+    cache = tmp_path / "cache"
+    args = BASE + ["--protections", "clean", "--paradigms", "fs,lp,pf2", "--prior", "synthetic_smoke",
+                   "--prior-set", "train.epochs=1", "--prior-set", "data.synthetic_train=256",
+                   "--set", f"data.cache_dir={cache}", "--out", str(tmp_path / "par")]
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "par" / "table.json").read_text())
+    assert doc["columns"] == ["fs", "lp", "pf2"]
+    cfg = json.loads((tmp_path / "par" / "runs" / "clean__pf2__nt" / "config.json").read_text())["config"]
+    assert cfg["paradigm"] == "pf2" and cfg["model"]["pretrained"].endswith("prior.pt")
+    assert len(list((cache / "priors").iterdir())) == 1
+    with pytest.raises(ConfigError, match="--prior"):
+        main(BASE + ["--paradigms", "lp", "--out", str(tmp_path / "np")])

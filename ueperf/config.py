@@ -173,6 +173,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     countermeasure: str = "nt"      # registered countermeasure(s), '+'-joined (e.g. st_cg+cutout); nt = plain training
+    paradigm: str = "fs"            # training paradigm (spec §5): fs | lp | pf1 | pf2 | pf3 | ft (all but fs need model.pretrained)
     acm: ACMConfig = field(default_factory=ACMConfig)
     st: STConfig = field(default_factory=STConfig)
     at: ATConfig = field(default_factory=ATConfig)

@@ -1,14 +1,18 @@
-"""Sweeps that produce the papers' tables: protections × countermeasures → clean test accuracy.
+"""Sweeps that produce the papers' tables: protections × countermeasures (× paradigms) → clean
+test accuracy.
 
     python -m ueperf.sweep --dataset cifar10 --root ~/data \\
         --protections clean,random,em,rem,sp,ops,ap,aep,hypo --countermeasures nt,nt_cg,st_cg \\
         [--protect-set em:max_rounds=10] [--surrogate-set model.width=0.5] [--set train.epochs=30] \\
         [--data train_limit=5000] [--out sweeps/NAME]
+    python -m ueperf.sweep ... --paradigms fs,lp,pf1,pf2,pf3,ft --prior PATH|RECIPE [--prior-set k=v]
 
 For each protection (``clean`` = the clean training set) the protected store is generated once
 (or reused: stores are keyed by method, config, seed and clean data); for each countermeasure a
 victim is trained on it with the recipe (``--recipe``, default the spec §3.0 standard one) plus
-``--set`` overrides, and its final clean test accuracy fills one cell. Every cell is one
+``--set`` overrides, under each paradigm (``--paradigms``; lp/pf/ft start from ``--prior``, a
+state dict or a recipe whose prior is built and cached by ``ueperf.prior``), and its final clean
+test accuracy fills one cell. Every cell is one
 ordinary run folder under ``OUT/runs/<protection>__<countermeasure>``: a finished cell is reused,
 an interrupted one resumed, so rerunning the same command continues a sweep. Writes
 ``OUT/table.md`` (with the command), ``table.csv``, ``table.json`` and ``table.png`` (heat map).
@@ -35,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DataConfig override for the clean source, e.g. --data train_limit=5000")
     p.add_argument("--protections", default="clean,random,em", help="comma-separated; 'clean' = unprotected")
     p.add_argument("--countermeasures", default="nt", help="comma-separated (each may be a '+' combination)")
+    p.add_argument("--paradigms", default="fs", help="comma-separated training paradigms (spec §5): fs, lp, "
+                                                     "pf1, pf2, pf3, ft; all but fs need --prior")
+    p.add_argument("--prior", default="", metavar="PATH|RECIPE",
+                   help="the pretrained prior of the lp/pf/ft paradigms: a state-dict file, or a recipe to build "
+                        "(and cache) one with `ueperf.prior` and --prior-set")
+    p.add_argument("--prior-set", dest="prior_sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for the prior's recipe, e.g. data.image_size=32")
     p.add_argument("--protect-set", dest="protect_sets", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="a protection's config override, e.g. em:max_rounds=10 (repeatable)")
     p.add_argument("--surrogate-set", dest="surrogate_sets", action="append", default=[], metavar="KEY=VALUE",
@@ -63,7 +74,7 @@ def _protect_overrides(items: Sequence[str], methods: Sequence[str]) -> Dict[str
 
 
 def run_cell(recipe: str, store_path: Path, countermeasure: str, overrides: Sequence[str], run_dir: Path,
-             progress: bool) -> Dict:
+             progress: bool, paradigm: str = "fs") -> Dict:
     """Train one victim (or reuse / resume its run folder) and return its summary."""
     from .countermeasures import build_hooks
     from .engine.trainer import train
@@ -73,7 +84,7 @@ def run_cell(recipe: str, store_path: Path, countermeasure: str, overrides: Sequ
         return json.loads(summary.read_text())
     sets = [*overrides, f"data.dataset={store_path}", f"out_dir={run_dir.parent}", f"name={run_dir.name}",
             f"train.progress={'true' if progress else 'false'}"]
-    cfg = build(recipe, sets, countermeasure=countermeasure)
+    cfg = build(recipe, sets, countermeasure=countermeasure, paradigm=paradigm)
     resume = (run_dir / "config.json").exists()
     return train(cfg, hooks=build_hooks(cfg), resume=resume)
 
@@ -111,20 +122,31 @@ def main(argv=None) -> int:
     from .data import prepare_dataset
     from .data.store import is_store, open_store
     from .errors import ConfigError
+    from .paradigms import PARADIGMS
     from .protections import PROTECTIONS
     from .protections.runner import generate_protected
     from .recipes import build
 
     prots = [p.strip() for p in args.protections.split(",") if p.strip()]
     cms = [c.strip() for c in args.countermeasures.split(",") if c.strip()]
-    if not prots or not cms:
-        raise ConfigError("--protections and --countermeasures each need at least one name")
+    pars = [p.strip() for p in args.paradigms.split(",") if p.strip()]
+    if not prots or not cms or not pars:
+        raise ConfigError("--protections, --countermeasures and --paradigms each need at least one name")
     for p in prots:
         if p != CLEAN:
             PROTECTIONS.get(p)  # unknown names fail before any work
     for c in cms:
         parse(c)
         build(args.recipe, args.overrides, countermeasure=c)  # --set values type-check now
+    for par in pars:
+        PARADIGMS.get(par)
+    if any(par != "fs" for par in pars) and not args.prior:
+        raise ConfigError("--paradigms other than fs start from a pretrained prior: pass --prior PATH (a state "
+                          "dict) or --prior RECIPE (built and cached on that recipe's dataset)")
+    # columns: countermeasures (paradigm fs only), paradigms (countermeasure nt only), else paradigm/countermeasure
+    combos = [(par, c) for par in pars for c in cms]
+    col = (lambda par, c: c) if pars == ["fs"] else (lambda par, c: par) if cms == ["nt"] else (lambda par, c: f"{par}/{c}")
+    cols = [col(par, c) for par, c in combos]
     psets = _protect_overrides(args.protect_sets, prots)
     command = "python -m ueperf.sweep " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     out = Path(args.out or f"sweeps/{Path(args.dataset).name}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
@@ -138,7 +160,17 @@ def main(argv=None) -> int:
                                args.data_sets)
         clean = prepare_dataset(dcfg)
     cache = Path(victim.data.cache_dir).expanduser()
+    prior_sets: List[str] = []
+    if args.prior:
+        prior = Path(args.prior).expanduser()
+        if not prior.is_file():
+            from .prior import build_prior
+            prior = build_prior(build(args.prior, [f"data.cache_dir={victim.data.cache_dir}", *args.prior_sets]),
+                                progress=not args.quiet)
+        prior_sets = [f"model.pretrained={prior.absolute()}"]
     cells: Dict[str, Dict[str, Optional[float]]] = {p: {} for p in prots}
+    axes = [a for a, n in (("paradigms", pars != ["fs"]), ("countermeasures", cms != ["nt"] or pars == ["fs"])) if n]
+    title = f"{clean.name}: protections × " + " × ".join(axes)
     gen_time: Dict[str, float] = {}
     for p in prots:
         if p == CLEAN:
@@ -149,15 +181,16 @@ def main(argv=None) -> int:
                                        surrogate_overrides=args.surrogate_sets, device=args.device,
                                        progress=not args.quiet)
             gen_time[p] = time.perf_counter() - t0
-        for c in cms:
-            run_dir = out / "runs" / f"{p}__{c}"
-            print(f"── {p} × {c}", file=sys.stderr, flush=True)
-            s = run_cell(args.recipe, store.path, c, args.overrides, run_dir, progress=not args.quiet)
-            cells[p][c] = s.get("final_test_acc")
-            write_table(out, prots, cms, cells, f"{clean.name}: protections × countermeasures", command)
+        for par, c in combos:
+            run_dir = out / "runs" / (f"{p}__{c}" if par == "fs" else f"{p}__{par}__{c}")
+            print(f"── {p} × {col(par, c)}", file=sys.stderr, flush=True)
+            sets = list(args.overrides) + (prior_sets if par != "fs" else [])
+            s = run_cell(args.recipe, store.path, c, sets, run_dir, progress=not args.quiet, paradigm=par)
+            cells[p][col(par, c)] = s.get("final_test_acc")
+            write_table(out, prots, cols, cells, title, command)
     notes = [f"Protection time (s, this run; 0 ≈ reused): " +
              ", ".join(f"{p} {t:.0f}" for p, t in gen_time.items())] if gen_time else []
-    write_table(out, prots, cms, cells, f"{clean.name}: protections × countermeasures", command, notes)
+    write_table(out, prots, cols, cells, title, command, notes)
     print((out / "table.md").read_text())
     print(f"wrote {out}/table.md, table.csv, table.json, table.png")
     return 0

@@ -22,12 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--countermeasure", default="", metavar="NAME[+NAME]",
                    help="countermeasure(s) to train with, e.g. st_full, at, iss_gray, st_cg+cutout "
                         "(default nt; --list countermeasures)")
+    p.add_argument("--paradigm", default="", metavar="NAME",
+                   help="training paradigm: fs, lp, pf1, pf2, pf3, ft (all but fs need --set model.pretrained=PATH)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue an interrupted run: same command plus --resume, or --resume RUN_DIR "
                         "to use the run's saved config")
-    p.add_argument("--list", choices=["recipes", "models", "datasets", "countermeasures", "keys"],
+    p.add_argument("--list", choices=["recipes", "models", "datasets", "countermeasures", "paradigms", "keys"],
                    help="list registered names (or config keys) and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
@@ -47,6 +49,9 @@ def main(argv=None) -> int:
         elif args.list == "datasets":
             from .data import SOURCES
             names = SOURCES.names()
+        elif args.list == "paradigms":
+            from .paradigms import PARADIGMS
+            names = [f"{n} — {PARADIGMS.get(n).summary}" for n in PARADIGMS.names()]
         elif args.list == "countermeasures":
             from .countermeasures import describe
             names = describe()
@@ -64,7 +69,8 @@ def main(argv=None) -> int:
         cfg = load_run_config(run_dir)  # already resolved: the countermeasure's defaults are in it
         apply_overrides(cfg, args.overrides)
     else:
-        cfg = build(args.recipe, args.overrides, countermeasure=args.countermeasure, dataset=args.dataset)
+        cfg = build(args.recipe, args.overrides, countermeasure=args.countermeasure, dataset=args.dataset,
+                    paradigm=args.paradigm)
     hooks = build_hooks(cfg)  # validates the countermeasure config before anything is written
     if args.print_config:
         print(dumps(cfg))

@@ -72,19 +72,23 @@ def default(cfg: Any, user: Set[str], key: str, value: Any) -> None:
 def configure(cfg: Any, user: Set[str] = frozenset()) -> Any:
     """Apply the defaults of ``cfg.countermeasure`` to ``cfg`` (in place; returns it), leaving
     the keys in ``user`` (set by the user) alone."""
+    from .. import paradigms
+    paradigms.configure(cfg, user)
     for cm in parse(cfg.countermeasure):
         cm.configure(cfg, set(user))
     return cfg
 
 
 def build_hooks(cfg: Any) -> List[Any]:
-    """Check ``cfg`` against its countermeasures and return their hooks, in order."""
+    """Check ``cfg`` against its paradigm and countermeasures and return their hooks: the
+    paradigm's first (it decides what trains), then each countermeasure's, in order."""
+    from .. import paradigms
     cms = parse(cfg.countermeasure)
     losses = [cm.name for cm in cms if getattr(cm, "replaces_loss", False)]
     if len(losses) > 1:
         raise ConfigError(f"countermeasure={cfg.countermeasure!r}: {' and '.join(losses)} each replace "
                           f"the training loss; combine at most one of them with others")
-    hooks: List[Any] = []
+    hooks: List[Any] = paradigms.build_hooks(cfg)
     for cm in cms:
         cm.check(cfg)
         hooks.extend(cm.hooks(cfg))

@@ -26,6 +26,9 @@ at st.finetune_lr, cosine, fresh momentum, no ACM). The record of every epoch ho
 Rejected epochs keep the clean test accuracy the rejected weights had as ``test_acc_rejected``;
 ``test_acc`` is the accepted model's (the one ST returns).
 
+Under a paradigm (spec §5) ST acts on the trainable groups only: v has one entry per optimiser
+group, shallow → deep, and a paradigm's frozen groups stay frozen.
+
 Distributed: every rank measures ACM on the same D_v and the ranks take the max, so all ranks
 make the same decision; a frozen group keeps ``requires_grad`` under DDP (the reducer's parameter
 set is fixed) and is held by a zero learning rate. DeepSpeed shards the optimiser state, which an
@@ -97,7 +100,7 @@ class STHook(TrainHook):
 
     # -- set-up ----------------------------------------------------------------------------
     def on_train_start(self, tr) -> None:
-        self.L = len(tr.model.layer_groups())
+        self.L = len(tr.param_groups)  # the trainable groups: a paradigm's frozen ones are not ST's
         self.base_mult = list(tr.lr_mult) if self.state is None else self.state["base_mult"]
         split = tr.train_split
         idx = select_subset(np.asarray(split.y), self.a.subset, self.a.classes, tr.cfg.train.seed)
@@ -129,12 +132,11 @@ class STHook(TrainHook):
     def _apply_v(self, tr) -> None:
         """lr multipliers ← v (× any base multiplier), frozen groups ← v_ℓ = 0."""
         v = self.state["v"]
-        for j, g in enumerate(tr.param_groups):
-            tr.lr_mult[j] = self.base_mult[j] * v[g["index"]]
         keep = tr.ctx.world_size > 1
-        for l, vl in enumerate(v):
-            if vl == 0.0 and l not in tr.model.frozen_groups():
-                tr.model.set_group_trainable(l, False, keep_requires_grad=keep)
+        for j, g in enumerate(tr.param_groups):   # v_j belongs to the j-th trainable group, shallow → deep
+            tr.lr_mult[j] = self.base_mult[j] * v[j]
+            if v[j] == 0.0 and g["index"] not in tr.model.frozen_groups():
+                tr.model.set_group_trainable(g["index"], False, keep_requires_grad=keep)
 
     # -- schedule --------------------------------------------------------------------------
     def lr_at(self, tr, t: float) -> Optional[float]:
@@ -151,12 +153,14 @@ class STHook(TrainHook):
         return epoch < self.T and max(self.state["v"]) == 0.0  # ST finished early (st_full waits for step 2)
 
     def _start_finetune(self, tr, fresh: bool) -> None:
-        """ST-Full step 2: every group trainable at multiplier 1 (× base), fresh momentum, CG on."""
+        """ST-Full step 2: every group ST froze trainable again at multiplier 1 (× base), fresh
+        momentum, CG on (a paradigm's frozen groups stay frozen)."""
         if fresh:
             tr.wrapped.load_state_dict(self.state["snapshot"])   # start from the model ST returns
             tr.wrapped.optimizer.state.clear()                  # a new SGD: no momentum carried over
             self.state["finetuning"] = True
-        tr.model.unfreeze_all()
+        for g in tr.param_groups:
+            tr.model.set_group_trainable(g["index"], True)
         for j in range(len(tr.lr_mult)):
             tr.lr_mult[j] = self.base_mult[j]
 
@@ -214,7 +218,7 @@ class STHook(TrainHook):
         except ImportError:
             return
         thr = self.s.tau if self.s.trigger == "absolute" else None
-        plot_st(tr.records, tr.run_dir / "st.png", threshold=thr, group_names=tr.model.group_names())
+        plot_st(tr.records, tr.run_dir / "st.png", threshold=thr, group_names=[g["name"] for g in tr.param_groups])
         m = self._acm(tr, keep_points=True)
         pts = embed(m["features"], "torch", "pca2") if self.a.backend != "tsne" else \
             embed(m["features"], "tsne", perplexity=self.a.perplexity, seed=tr.cfg.train.seed)

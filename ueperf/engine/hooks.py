@@ -14,6 +14,11 @@ import torch
 class TrainHook:
     """Base class; every method is optional."""
 
+    def on_model(self, trainer: Any, model: Any) -> None:
+        """Once, after the model is built (and its pretrained weights loaded), before the optimiser
+        exists: freeze groups here (frozen parameters get no optimiser group), or set
+        ``trainer.group_lr`` (per-layer-group lr multipliers, shallow → deep)."""
+
     def on_train_start(self, trainer: Any) -> None:
         """Once, after model/optimiser/loaders exist and before the first epoch (also on resume)."""
 

@@ -218,8 +218,12 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
 
+        self.group_lr = list(cfg.optim.group_lr)
+        for h in self.hooks:  # paradigms: freeze groups, set per-group multipliers
+            h.on_model(self, model)
+
         # ── optimiser: one param group per layer group, lr = base · schedule · multiplier ──
-        self.param_groups = build_param_groups(model, cfg.optim.group_lr)
+        self.param_groups = build_param_groups(model, self.group_lr)
         opt = torch.optim.SGD(self.param_groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                               weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
         self.lr_mult = [g["mult"] for g in self.param_groups]

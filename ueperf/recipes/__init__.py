@@ -19,12 +19,12 @@ RECIPES: Registry = Registry("recipe", loader=_load)
 
 
 def build(name: str, overrides: Optional[List[str]] = None, countermeasure: str = "",
-          dataset: str = "") -> RunConfig:
-    """Recipe ``name`` + ``overrides`` (--set), then the countermeasure's defaults for every key the
-    user did not set.
+          dataset: str = "", paradigm: str = "") -> RunConfig:
+    """Recipe ``name`` + ``overrides`` (--set), then the paradigm's and countermeasure's defaults for
+    every key the user did not set.
 
-    ``countermeasure`` / ``dataset`` (the CLI's ``--countermeasure`` / ``--dataset``) win over a
-    ``--set countermeasure=`` / ``--set data.dataset=`` in ``overrides``.
+    ``countermeasure`` / ``dataset`` / ``paradigm`` (the CLI's flags) win over the same keys in
+    ``overrides``.
     """
     from ..config import apply_overrides
     from ..countermeasures import configure
@@ -35,6 +35,8 @@ def build(name: str, overrides: Optional[List[str]] = None, countermeasure: str 
     user = {o.split("=", 1)[0].strip() for o in overrides or []}
     if countermeasure:
         cfg.countermeasure = countermeasure
+    if paradigm:
+        cfg.paradigm = paradigm
     if dataset:
         cfg.data.dataset = dataset
         user.add("data.dataset")

@@ -1,0 +1,285 @@
+"""BAIT (spec §2.10, our interpretation) on real CIFAR-10 images.
+
+A small prior (1/8-width ResNet-18, 2 epochs on 2,000 real training images that are never
+crafted on) is trained once per module and saved in torchvision key format, as
+``python -m ueperf.prior`` would; BAIT then fine-tunes from it and binds the first images to
+π(y) = (y+1) mod K with small budgets (few passes and PGD steps) so that every test takes seconds.
+Effects are re-measured from the published uint8 images with the crafting surrogate that the
+method exposes (``BAIT.surrogates``), not read from its own diagnostics.
+
+- binding: the final crafting surrogate labels the published images π(y) far more often than
+  chance and than the clean images;
+- the bound holds after uint8 quantisation; the same seed gives the same bytes;
+- two ranks (threads exchanging their rows through a real ``gather``) give the bytes of one
+  process, outer EOT included;
+- the paradigm ensemble freezes each member's groups as its paradigm does (spec §5);
+- bad config values, an empty, missing or mismatched prior: ConfigError / ModelError that say what to do.
+
+Budget: about 30-40 s on 2 shared CPU cores, one thread.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ueperf.config import DataConfig
+from ueperf.errors import ConfigError, ModelError
+from ueperf.kernels.augment import augment_ref, sample_params
+from ueperf.models import build_model
+from ueperf.protections import PROTECTIONS
+from ueperf.protections.bait import BAIT, BAITConfig, build_from_prior
+from ueperf.protections.base import ProtectContext, apply, measure
+
+EPS_LEVELS = 8                   # ceil(255 · 8/255) grey levels
+N_PRIOR = 2000                   # images [200, 2200) train the prior: disjoint from every crafted image
+N_BIND = 128                     # images crafted in the binding test
+WIDTH = 0.125
+# Small budgets for every test (defaults: 10 passes, M = 5, S = 10, batch 128, regeneration 20 steps).
+FAST = dict(width=WIDTH, passes=1, inner_steps=1, steps=2, batch_size=16, regen_steps=2, eval_batch_size=64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def cifar(cifar_root, tmp_path_factory):
+    from ueperf.data import prepare_dataset
+    st = prepare_dataset(DataConfig(dataset="cifar10", root=str(cifar_root),
+                                    cache_dir=str(tmp_path_factory.mktemp("bait_cache")),
+                                    train_limit=200 + N_PRIOR, test_limit=64))
+    return np.array(st.train.x), np.array(st.train.y, dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def prior(cifar, tmp_path_factory):
+    """A state dict trained on real images [200, 2200), torchvision key format (what
+    ``python -m ueperf.prior`` writes): 2 epochs, SGD 0.1, crop + flip."""
+    x, y = cifar
+    xp = torch.from_numpy(x[200:]).float() / 255
+    yp = torch.from_numpy(y[200:])
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("resnet18", 10, 32, width=WIDTH)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    for _ in range(2):
+        perm = torch.randperm(len(yp), generator=g)
+        for s in range(0, len(yp) - 127, 128):
+            i = perm[s:s + 128]
+            loss = F.cross_entropy(model(augment_ref(xp[i], sample_params(len(i), 32, 32, generator=g))), yp[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path = tmp_path_factory.mktemp("prior") / "prior.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _ctx(x, y, cfg, seed=0, **extra):
+    fields = dict(x=torch.from_numpy(np.ascontiguousarray(x)), y=torch.from_numpy(np.asarray(y)), num_classes=10,
+                  classes=[str(k) for k in range(10)], cfg=cfg, seed=seed, device=torch.device("cpu"),
+                  progress=False)
+    fields.update(extra)
+    return ProtectContext(**fields)
+
+
+def _run(cifar, prior, n, seed=0, **kw):
+    """(BAIT instance after generate, Perturbation, clean uint8, labels, published uint8)."""
+    x, y = cifar[0][:n], cifar[1][:n]
+    b = BAIT()
+    pert = b.generate(_ctx(x, y, BAITConfig(prior=str(prior), **{**FAST, **kw}), seed=seed))
+    return b, pert, x, y, apply(x, y, pert)
+
+
+def _rates(model, x_u8, y):
+    """(accuracy on y, rate of π(y) = (y+1) mod 10) of ``model`` on uint8 NHWC images."""
+    with torch.no_grad():
+        pred = model.eval()(torch.from_numpy(np.asarray(x_u8)).float().div(255).permute(0, 3, 1, 2)).argmax(1)
+    y = torch.from_numpy(y)
+    return (pred == y).float().mean().item(), (pred == (y + 1) % 10).float().mean().item()
+
+
+# ───────────────────────────────────────────── registry + defaults ──
+def test_registered_with_spec_defaults():
+    assert PROTECTIONS.get("bait") is BAIT
+    c = BAITConfig()
+    assert (c.eps, c.norm, c.prior, c.model, c.width) == (8 / 255, "linf", "", "resnet18", 1.0)
+    assert (c.passes, c.batch_size, c.inner_steps, c.lr, c.momentum, c.weight_decay) == (10, 128, 5, 0.01, 0.9, 5e-4)
+    assert (c.steps, c.alpha, c.outer_eot, c.eot) == (10, 2 / 255, False, 2)
+    assert (c.regen_steps, c.regen_alpha, c.init, c.target_shift) == (20, 1 / 255, "uniform", 1)
+    assert not c.ensemble and c.members() == ["ft"]
+    assert BAITConfig(ensemble=True).members() == ["ft", "pf2", "lp"]
+
+
+# ───────────────────────────────────────────── the effect ──
+def test_bait_binds_perturbed_training_images_to_their_wrong_targets(cifar, prior):
+    """On the crafting surrogate at the end, the published images are classified as their
+    designated wrong target π(y) far more often than chance (0.1) and than the clean images."""
+    b, pert, x, y, xp = _run(cifar, prior, N_BIND, passes=3, inner_steps=2, steps=5, batch_size=64, regen_steps=20)
+    sur = b.surrogates["ft"]
+    acc_c, tgt_c = _rates(sur, x, y)
+    acc_p, tgt_p = _rates(sur, xp, y)
+    print(f"surrogate on clean: acc {acc_c:.3f} π(y) {tgt_c:.3f}; on published: acc {acc_p:.3f} π(y) {tgt_p:.3f}")
+    assert tgt_p > max(0.3, tgt_c + 0.2), (tgt_c, tgt_p)
+    assert acc_p < acc_c
+    # the method's own record agrees with the re-measurement on the published bytes
+    assert pert.info["target_rate_protected"] == pytest.approx(tgt_p, abs=1e-6)
+    assert pert.info["target_rate_clean"] == pytest.approx(tgt_c, abs=1e-6)
+    hist = pert.info["history"]
+    assert [h["pass"] for h in hist] == [1, 2, 3]
+    assert all(0 <= h["target_rate"] <= 1 and 0 <= h["train_acc"] <= 1 and np.isfinite(h["inner_loss"]) for h in hist)
+    assert pert.info["prior"]["sha256"] and pert.info["surrogate"]["sgd_steps"] == 3 * 2 * 2
+    # the budget after uint8 quantisation, and all of it used
+    assert pert.granularity == "sample" and pert.delta.shape == x.shape and pert.delta.dtype == torch.float32
+    assert measure(x, xp, "linf")["max_abs"] == EPS_LEVELS
+
+
+def test_same_seed_same_bytes(cifar, prior):
+    a = _run(cifar, prior, 32)[4]
+    b = _run(cifar, prior, 32)[4]
+    c = _run(cifar, prior, 32, seed=1)[4]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert measure(cifar[0][:32], a, "linf")["max_abs"] <= EPS_LEVELS
+
+
+# ───────────────────────────────────────────── sharding ──
+class _Exchange:
+    """Collectives for ranks running as threads: ``gather`` and ``broadcast`` as the runner's
+    (every rank calls them in the same order)."""
+
+    def __init__(self, n, world):
+        self.n, self.bar, self.box = n, threading.Barrier(world, timeout=120), {}
+        self.calls = {r: [] for r in range(world)}
+
+    def gather(self, rank, shard):
+        def fn(rows):
+            self.calls[rank].append(rows.shape[0])
+            self.box[rank] = rows.clone()
+            self.bar.wait()
+            full = torch.zeros((self.n, *rows.shape[1:]), dtype=rows.dtype)
+            for r, part in self.box.items():
+                full[torch.arange(self.n)[r::len(self.calls)]] = part
+            self.bar.wait()  # everybody has read before the next call overwrites
+            return full
+        return fn
+
+    def broadcast(self, rank):
+        def fn(t, src=0):
+            if rank == src:
+                self.box["b"] = t.clone()
+            self.bar.wait()
+            out = self.box["b"].clone()
+            self.bar.wait()
+            return out
+        return fn
+
+
+def test_sharded_generation_gives_the_bytes_of_one_process(cifar, prior):
+    """Two ranks (threads) each craft their shard arange(N)[r::2] and exchange rows through
+    ``ctx.gather`` after every pass: the result is byte-identical to one process, with the outer
+    EOT on (its crop/flip draws are made for the global batch)."""
+    n, world = 48, 2
+    x, y = cifar[0][:n], cifar[1][:n]
+    cfg = BAITConfig(prior=str(prior), **{**FAST, "passes": 2, "outer_eot": True, "eot": 2})
+    one = BAIT().generate(_ctx(x, y, cfg)).delta
+    ex, out, errors = _Exchange(n, world), {}, []
+
+    def rank(r):
+        try:
+            shard = torch.arange(n)[r::world]
+            out[r] = BAIT().generate(_ctx(x, y, cfg, rank=r, world_size=world, shard=shard,
+                                          gather=ex.gather(r, shard), broadcast=ex.broadcast(r)))
+        except BaseException as e:  # noqa: BLE001 - reported below; free the other rank
+            errors.append(e)
+            ex.bar.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for r in range(world):
+        assert ex.calls[r] == [n // world] * 3          # 2 passes + the regeneration, its rows only
+        assert out[r].info["crafted_on_this_rank"] == n // world
+        assert torch.equal(out[r].delta, one)
+    assert float(one.abs().max()) <= 8 / 255 + 1e-6
+
+
+# ───────────────────────────────────────────── ensemble ──
+def test_ensemble_members_learn_only_their_paradigms_groups(cifar, prior):
+    """ensemble=True: FT, PF-2 and LP surrogates from the same prior; PF-2's stem + stages 1-2
+    and LP's whole body (BN statistics included) stay exactly the prior's; FT's change."""
+    b, pert, x, y, xp = _run(cifar, prior, 32, ensemble=True, inner_steps=2)
+    assert list(b.surrogates) == ["ft", "pf2", "lp"]
+    state = torch.load(prior, weights_only=True)
+    body = lambda k: not k.startswith("fc.") and not k.endswith("num_batches_tracked")  # noqa: E731
+    early = lambda k: k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2")  # noqa: E731
+
+    def same(name, keys):
+        sd = b.surrogates[name].state_dict()
+        return [torch.equal(sd[k], state[k]) for k in keys]
+
+    keys = [k for k in state if body(k)]
+    assert all(same("lp", keys))
+    assert all(same("pf2", [k for k in keys if early(k)]))
+    assert not any(same("pf2", [k for k in keys if k.startswith("layer3") and k.endswith("weight")]))
+    assert not any(same("ft", [k for k in keys if k.endswith("conv1.weight")]))
+    m = pert.info["members"]
+    assert m["ft"]["frozen_groups"] == [] and m["pf2"]["frozen_groups"] == [0, 1, 2, 3, 4]
+    assert m["lp"]["frozen_groups"] == list(range(9))
+    plain = _run(cifar, prior, 32, inner_steps=2)[1]
+    assert not torch.equal(plain.delta, pert.delta)  # the ensemble's outer gradient differs
+    assert measure(x, xp, "linf")["max_abs"] <= EPS_LEVELS
+
+
+# ───────────────────────────────────────────── the prior ──
+def test_the_prior_loads_with_a_fresh_head(cifar, prior):
+    x, y = cifar[0][:8], cifar[1][:8]
+    model, rec = build_from_prior(BAITConfig(prior=str(prior), width=WIDTH), _ctx(x, y, None))
+    state = torch.load(prior, weights_only=True)
+    sd = model.state_dict()
+    assert torch.equal(sd["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+    assert not torch.equal(sd["fc.weight"], state["fc.weight"])  # same class count, still a fresh head
+    assert "fresh" in rec["head"] and len(rec["sha256"]) == 64
+
+
+def test_empty_prior_says_how_to_get_one(cifar):
+    x, y = cifar[0][:8], cifar[1][:8]
+    with pytest.raises(ConfigError, match=r"bait\.prior is empty.*python -m ueperf\.prior --recipe"):
+        BAIT().generate(_ctx(x, y, BAITConfig(width=WIDTH)))
+
+
+def test_missing_or_mismatched_prior_is_a_model_error(cifar, prior, tmp_path):
+    x, y = cifar[0][:8], cifar[1][:8]
+    with pytest.raises(ModelError, match="does not exist"):
+        BAIT().generate(_ctx(x, y, BAITConfig(prior=str(tmp_path / "nope.pt"), width=WIDTH)))
+    with pytest.raises(ModelError, match=r"bait\.prior=.*width"):   # the prior is 1/8 width, the surrogate 1/4
+        BAIT().generate(_ctx(x, y, BAITConfig(prior=str(prior), width=0.25)))
+    vgg = tmp_path / "vgg.pt"
+    torch.save(build_model("vgg16", 10, 32, width=WIDTH).state_dict(), vgg)
+    with pytest.raises(ModelError, match="same architecture"):
+        BAIT().generate(_ctx(x, y, BAITConfig(prior=str(vgg), width=WIDTH)))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("passes", 0), ("inner_steps", -1), ("steps", -1), ("eot", 0), ("eps", 0.0), ("norm", "l0"), ("alpha", 0.0),
+    ("regen_alpha", 0.0), ("regen_steps", -1), ("crop_padding", -1), ("init", "gauss"), ("stem", "vit"),
+    ("target_shift", 0), ("target_shift", 10), ("ensemble_paradigms", "ft,fs"), ("ensemble_paradigms", "ft,ft"),
+    ("eval_batch_size", 0), ("batch_size", 0),
+])
+def test_bad_config_is_a_config_error(cifar, prior, field, value):
+    x, y = cifar[0][:8], cifar[1][:8]
+    cfg = BAITConfig(prior=str(prior), width=WIDTH, ensemble=field == "ensemble_paradigms", **{field: value})
+    with pytest.raises(ConfigError, match=field):
+        BAIT().generate(_ctx(x, y, cfg))

@@ -1,0 +1,104 @@
+"""Training paradigms (spec §5): how the victim starts and which of its layers learn.
+
+| name | init | trainable | BN of frozen part | lr (SGD 0.9, wd 5e-4, cosine) | epochs |
+| --- | --- | --- | --- | --- | --- |
+| ``fs`` | random | all | – | 0.1 | recipe's |
+| ``lp`` | pretrained | head only | eval | 0.1 | 30 |
+| ``pf1``/``pf2``/``pf3`` | pretrained | stages k+1..4 + head (stem + stages 1..k frozen) | eval | 0.01 body, 0.1 head | 30 |
+| ``ft`` | pretrained | all | train | 0.01 body, 0.1 head | 30 |
+
+"Stage" is the model's resolution stage (``UEModel.group_stages()``: 0 = stem, 1..S = body
+stages, S + 1 = head); PF-k freezes the groups with stage ≤ k. Frozen means no optimiser group
+(requires_grad off, set before the optimiser and any DDP wrapper exist) and BN in eval mode, so
+frozen weights and BN statistics stay exactly as loaded. The body/head lr split is a per-group
+multiplier (0.1 body × base lr 0.1 = 0.01), which composes with ``optim.group_lr`` and with ST,
+which then acts on the trainable groups only. The prior is ``model.pretrained`` (a local
+torchvision-format state dict: ``python -m ueperf.prior`` builds one on a disjoint dataset).
+"""
+from __future__ import annotations
+
+from typing import Any, List, Set
+
+from ..engine.hooks import TrainHook
+from ..errors import ConfigError
+from ..registry import Registry
+
+PARADIGMS: Registry = Registry("paradigm")
+BODY_LR_MULT = 0.1   # 0.01 body / 0.1 head [spec §5, ours]
+EPOCHS = 30          # LP / PF / FT [spec §5, ours]
+
+
+class ParadigmHook(TrainHook):
+    def __init__(self, name: str, freeze_stage: int, head_only: bool, body_mult: float):
+        self.name, self.freeze_stage, self.head_only, self.body_mult = name, freeze_stage, head_only, body_mult
+
+    def on_model(self, tr, model) -> None:
+        stages = model.group_stages()
+        head_stage = max(stages)
+        frozen = [i for i, s in enumerate(stages) if (s < head_stage if self.head_only else s <= self.freeze_stage)]
+        model.freeze_groups(frozen)
+        mult = [1.0 if s == head_stage else self.body_mult for s in stages]
+        base = tr.group_lr or [1.0] * len(stages)
+        if len(base) != len(stages):
+            raise ConfigError(f"optim.group_lr has {len(base)} values but the model has {len(stages)} layer groups")
+        tr.group_lr = [b * m for b, m in zip(base, mult)]
+        tr.paradigm_frozen = frozen
+
+    def on_epoch_end(self, tr, rec) -> None:
+        if tr.epoch == 0:
+            rec["paradigm"] = self.name
+            rec["frozen_groups"] = list(tr.paradigm_frozen)
+
+
+class Paradigm:
+    name = ""
+    summary = ""
+    pretrained = True      # needs model.pretrained
+    freeze_stage = -1      # groups with stage <= this are frozen (-1: none)
+    head_only = False
+    body_mult = BODY_LR_MULT
+
+    def configure(self, cfg: Any, user: Set[str]) -> None:
+        from ..countermeasures import default
+        if self.pretrained:
+            default(cfg, user, "train.epochs", EPOCHS)
+            default(cfg, user, "optim.lr", 0.1)
+
+    def check(self, cfg: Any) -> None:
+        if self.pretrained and not cfg.model.pretrained:
+            raise ConfigError(f"paradigm {self.name} starts from a pretrained prior: set model.pretrained=PATH "
+                              f"(a torchvision-format state dict; `python -m ueperf.prior --recipe ...` builds one "
+                              f"on a disjoint dataset and prints its path)")
+        if not self.pretrained and cfg.model.pretrained:
+            raise ConfigError(f"paradigm fs trains from scratch but model.pretrained={cfg.model.pretrained!r} is set; "
+                              f"use paradigm=ft (or lp, pf1-3) to start from it, or clear model.pretrained")
+
+    def hooks(self, cfg: Any) -> List[TrainHook]:
+        if not self.pretrained:
+            return []
+        return [ParadigmHook(self.name, self.freeze_stage, self.head_only, self.body_mult)]
+
+
+def _register(name: str, summary: str, **attrs) -> None:
+    cls = type(name.upper(), (Paradigm,), {"name": name, "summary": summary, **attrs})
+    PARADIGMS.register(name)(cls)
+
+
+_register("fs", "from scratch: random init, every layer trains, lr 0.1", pretrained=False)
+_register("lp", "linear probe: pretrained, only the head trains (lr 0.1), BN frozen in eval", head_only=True,
+          body_mult=1.0)
+for _k in (1, 2, 3):
+    _register(f"pf{_k}", f"partial freeze: pretrained, stem + stages 1..{_k} frozen (BN eval), "
+                         f"body lr 0.01, head 0.1", freeze_stage=_k)
+_register("ft", "full fine-tune: pretrained, every layer trains, body lr 0.01, head 0.1")
+
+
+def configure(cfg: Any, user: Set[str] = frozenset()) -> Any:
+    PARADIGMS.get(cfg.paradigm)().configure(cfg, set(user))
+    return cfg
+
+
+def build_hooks(cfg: Any) -> List[TrainHook]:
+    p = PARADIGMS.get(cfg.paradigm)()
+    p.check(cfg)
+    return p.hooks(cfg)
