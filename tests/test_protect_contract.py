@@ -41,6 +41,10 @@ FAST = {
     "ap": [],
     "aep": ["steps=2", "surrogate_epochs=1", "surrogate_width=0.125", "batch_size=256"],
     "hypo": ["steps=2", "surrogate_epochs=1", "surrogate_width=0.125", "batch_size=256"],
+    # {cache}: the module's cache folder, where `env` saves a random-init 1/8-width ResNet-18 as
+    # BAIT's prior (the contract checks the published set, not the binding: tests/test_protect_bait.py)
+    "bait": ["prior={cache}/bait_prior.pt", "width=0.125", "passes=1", "inner_steps=1", "steps=2",
+             "regen_steps=2", "batch_size=100", "eval_batch_size=200"],
 }
 # Extra cases: (method, overrides added to FAST) — covers the class-wise paths of the checks.
 VARIANTS = {"random-class": ("random", ["granularity=class"])}
@@ -71,11 +75,14 @@ def env(tmp_path_factory, cifar_root):
     cache = tmp_path_factory.mktemp("protect_contract")
     clean = prepare_dataset(DataConfig(dataset="cifar10", root=str(cifar_root), cache_dir=str(cache),
                                        train_limit=N_TRAIN, test_limit=N_TEST))
+    from ueperf.models import build_model
+    torch.save(build_model("resnet18", 10, 32, width=0.125).state_dict(), cache / "bait_prior.pt")
     return {"clean": clean, "cache": cache, "crafted": {}}
 
 
 def _craft(env, case, seed=0):
-    return craft(method_of(case), env["clean"], overrides=fast_overrides(case), seed=seed, device="cpu",
+    overrides = [o.replace("{cache}", str(env["cache"])) for o in fast_overrides(case)]
+    return craft(method_of(case), env["clean"], overrides=overrides, seed=seed, device="cpu",
                  progress=False, cache_dir=env["cache"], surrogate_overrides=SURROGATE)
 
 

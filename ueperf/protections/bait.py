@@ -57,7 +57,7 @@ order, same augmentations, same pass-start δ) and crafts only the rows of B_j t
 regeneration, and each member is synchronised to rank 0's weights (``ctx.broadcast``) after
 every pass. The bytes are the same as on one process wherever the kernels give a sample the same
 numbers in a smaller batch (true on CPU, tested; cuDNN may pick other algorithms for other batch
-sizes). The outer steps (⅔ of the pass cost at S = 10, M = 5) and the regeneration are divided
+sizes). The outer steps (about ⅔ of a pass at S = 10, M = 5) and the regeneration are divided
 among the ranks; the inner steps are not.
 
 Diagnostics, per pass (``ctx.log`` and ``info["history"]``; the whole training set, eval mode,
@@ -115,12 +115,12 @@ PRIOR_HELP = ("BAIT crafts against a surrogate fine-tuned from a pretrained prio
 class BAITConfig:
     eps: float = 8 / 255            # ε, budget in [0,1] pixel units [ours: spec §2.10, the field's standard]
     norm: str = "linf"              # linf [ours: spec §2.10] | l2 (the one PGD's other norm) [ours]
-    prior: str = ""                 # path of the pretrained prior, torchvision-format state dict; required [ours: spec §2.10, §5]
+    prior: str = ""                 # prior: path of a torchvision-format state dict; required [ours: §2.10, §5]
     model: str = "resnet18"         # surrogate architecture = the prior's [ours: spec §5 same family as the victim]
     width: float = 1.0              # surrogate channel-width multiplier = the prior's (1 = published) [ours]
     stem: str = "auto"              # surrogate stem = the prior's: auto (cifar for <= 32 px) | cifar | imagenet [ours]
-    passes: int = 10                # E_gen: passes over D, inner and outer alternating per batch [ours: spec §2.10 step 2]
-    batch_size: int = 128           # mini-batch, images (inner SGD batches and outer PGD batches) [ours: spec §2.10 step 2]
+    passes: int = 10                # E_gen: passes over D, inner + outer per mini-batch [ours: spec §2.10 step 2]
+    batch_size: int = 128           # mini-batch, images (inner SGD and outer PGD) [ours: spec §2.10 step 2]
     inner_steps: int = 5            # M: inner SGD steps per mini-batch, on B and the next batches [ours: spec §2.10 2a]
     lr: float = 0.01                # inner SGD learning rate, constant, all trainable layers [ours: spec §2.10 2a]
     momentum: float = 0.9           # inner SGD momentum [ours: spec §2.10 2a]
@@ -131,12 +131,12 @@ class BAITConfig:
     steps: int = 10                 # S: outer sign-PGD iterations per mini-batch [ours: spec §2.10 2b]
     alpha: float = 2 / 255          # outer PGD step, [0,1] pixel units [ours: spec §2.10 2b]
     outer_eot: bool = False         # outer gradient through A (EOT) [ours: spec §2.10 2b "optional"]
-    eot: int = 2                    # J: A-draws per outer step when outer_eot, folded into the batch [ours: spec §2.10 2b]
-    regen_steps: int = 20           # final regeneration with the final θ: PGD iterations, 0 = skip [ours: spec §2.10 step 3]
+    eot: int = 2                    # J: A-draws per outer step when outer_eot (folded in the batch) [ours: §2.10 2b]
+    regen_steps: int = 20           # final regeneration against the final θ: PGD iterations, 0 = skip [ours: §2.10 3]
     regen_alpha: float = 1 / 255    # final regeneration step, [0,1] pixel units [ours: spec §2.10 step 3]
     init: str = "uniform"           # δ start: uniform U(−ε, ε) [ours: spec §2.10 step 1] | zero [ours]
     target_shift: int = 1           # π(y) = (y + target_shift) mod K; 1 <= shift < K is a derangement [ours: spec §1 π]
-    ensemble: bool = False          # outer gradient averaged over surrogates of ensemble_paradigms [ours: spec §2.10 step 4]
+    ensemble: bool = False          # average the outer gradient over ensemble_paradigms surrogates [ours: §2.10 4]
     ensemble_paradigms: str = "ft,pf2,lp"  # comma list of ft | lp | pf1 | pf2 | pf3 (spec §5) [ours: spec §2.10 step 4]
     eval_batch_size: int = 512      # images per batch of the per-pass diagnostics [ours]
 
@@ -348,6 +348,8 @@ class BAIT(Protection):
         dev, x_u8, y, K = ctx.device, ctx.x, ctx.y, int(ctx.num_classes)
         n = int(x_u8.shape[0])
         _check(cfg, K, n)
+        if ctx.world_size > 1 and ctx.gather is None:
+            raise RuntimeError("bait: a ProtectContext with world_size > 1 needs ctx.gather (the runner provides it)")
         t0 = time.perf_counter()
         base, prior = build_from_prior(cfg, ctx)
         names = cfg.members()
@@ -404,13 +406,12 @@ class BAIT(Protection):
         def assemble(rows: torch.Tensor) -> torch.Tensor:
             if ctx.gather is not None:
                 return ctx.gather(rows)
-            if ctx.world_size > 1:
-                raise RuntimeError("bait: a ProtectContext with world_size > 1 needs ctx.gather")
-            full = delta.clone()
+            full = delta.clone()  # one process without a gather: put the shard's rows in place
             full.index_copy_(0, shard, rows)
             return full
 
         # ── step 2: passes ──
+        t_pass0 = time.perf_counter()
         hist: List[Dict] = []
         bar = progress_bar(ctx, cfg.passes, "bait passes")
         for p in range(cfg.passes):
@@ -440,23 +441,25 @@ class BAIT(Protection):
             for m in models:
                 sync_model(m, ctx)
             # diagnostics on the whole set (one host sync per pass)
+            # (target_rate / train_acc: the first member's; with an ensemble also each member's, suffixed)
             rec: Dict = {"pass": p + 1}
-            for name, m in zip(names, models):
+            for i, (name, m) in enumerate(zip(names, models)):
                 acc, tgt = rates(m, x_u8, y, targets, delta, cfg.eval_batch_size).tolist()
-                sfx = "" if len(models) == 1 else f"_{name}"
-                rec[f"target_rate{sfx}"], rec[f"train_acc{sfx}"] = tgt, acc
+                if i == 0:
+                    rec["target_rate"], rec["train_acc"] = tgt, acc
+                if len(models) > 1:
+                    rec[f"target_rate_{name}"], rec[f"train_acc_{name}"] = tgt, acc
             steps_done = max(n_batches * cfg.inner_steps * len(models), 1)
             rec["inner_loss"] = float(loss_sum.item()) / steps_done
             rec["pass_s"] = time.perf_counter() - tp
             hist.append(rec)
             ctx.log(rec)
             if bar is not None:
-                key = "target_rate" if len(models) == 1 else f"target_rate_{names[0]}"
-                bar.set_postfix(target=f"{100 * rec[key]:.1f}%")
+                bar.set_postfix(target=f"{100 * rec['target_rate']:.1f}%", fit=f"{100 * rec['train_acc']:.1f}%")
                 bar.update(1)
         if bar is not None:
             bar.close()
-        passes_s = time.perf_counter() - t0
+        passes_s = time.perf_counter() - t_pass0
 
         # ── step 3: regeneration of every δ against the final surrogate(s) ──
         if cfg.regen_steps:
@@ -499,6 +502,7 @@ class BAIT(Protection):
                           "paradigms": names, "sgd_steps": cfg.passes * n_batches * cfg.inner_steps,
                           "optimizer": f"SGD lr {cfg.lr} momentum {cfg.momentum} wd {cfg.weight_decay}"},
             "crafted_on_this_rank": int(shard.numel()),
+            "prior_load_s": t_pass0 - t0,
             "passes_s": passes_s,
             "generation_s": time.perf_counter() - t0,
         }

@@ -119,6 +119,10 @@ def protection_key(method: str, cfg: Any, ratio: float, seed: int, clean: Store,
     doc = {"key_version": KEY_VERSION, "method": method, "config": _jsonable(dataclasses.asdict(cfg)),
            "ratio": float(ratio), "seed": int(seed), "surrogate_overrides": list(surrogate_overrides),
            "clean_hashes": {f: e["sha256"] for f, e in sorted(clean.manifest["files"].items())}}
+    prior = getattr(cfg, "prior", "")
+    if prior and Path(prior).expanduser().is_file():  # a checkpoint rewritten in place is another prior
+        from ..data.store import sha256_file
+        doc["prior_sha256"] = sha256_file(Path(prior).expanduser())
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest(), doc
 
 
