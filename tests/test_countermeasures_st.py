@@ -270,17 +270,19 @@ def test_registry_and_combinations():
 @pytest.mark.slow
 def test_st_cg_beats_nt_on_em_protected_real_cifar(em_cifar, tmp_path):
     """The issue's check: on EM-protected real CIFAR-10 images, ST-CG ends with clearly higher
-    clean test accuracy than NT at the same budget (6 epochs, eighth-width ResNet-18)."""
-    from victim import train_victim
+    clean test accuracy than NT at the same budget (6 epochs, eighth-width ResNet-18, no crop/flip:
+    see tests/victim.py). ST-CG's defaults (absolute τ = 2.0) did not roll back here: the gain is
+    CG's, as NT-CG's in bench/results shows — stated in the issue note."""
+    from victim import NO_AUG, train_victim
     _, em = em_cifar
-    nt = train_victim(em, tmp_path / "nt")["final_test_acc"]
-    stcg = train_victim(em, tmp_path / "st_cg", countermeasure="st_cg", sets=["st.trigger=rise"])
+    nt = train_victim(em, tmp_path / "nt", sets=NO_AUG)["final_test_acc"]
+    stcg = train_victim(em, tmp_path / "st_cg", countermeasure="st_cg", sets=NO_AUG)
     print(f"EM-protected: NT {nt:.3f}, ST-CG {stcg['final_test_acc']:.3f} ({stcg['st_rejections']} rollbacks)")
     assert stcg["final_test_acc"] > nt + 0.08
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cm", ["nt_cg", "st", "st_full", "at"])
+@pytest.mark.parametrize("cm", ["nt_cg", "st", "st_full"])  # at: test_at_batches_are_adversarial_...
 def test_countermeasure_leaves_clean_training_working(em_cifar, tmp_path, cm):
     """Each countermeasure on the clean real images (2,000, 5 epochs) still learns: well above
     the 10 % of chance on the clean test set."""

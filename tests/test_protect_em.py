@@ -169,13 +169,13 @@ def test_bad_config_is_a_config_error(small, name, field, value):
 def test_em_makes_real_cifar_unlearnable(em_cifar, tmp_path):
     """A victim trained on EM-protected real CIFAR-10 images scores far lower on the clean test
     images than the same victim trained on the clean images or on random-noise-protected ones
-    (same ε). Same recipe, budget and seed for all three."""
+    (same ε). Same recipe, budget and seed for all three; no crop/flip (see tests/victim.py)."""
     from ueperf.protections.runner import generate_protected
-    from victim import train_victim
+    from victim import NO_AUG, train_victim
     clean, em = em_cifar
     rnd = generate_protected("random", clean, out=tmp_path / "random", cache_dir=tmp_path, progress=False,
                              grid=False, device="cpu")
-    acc = {name: train_victim(store, tmp_path / name)["final_test_acc"]
+    acc = {name: train_victim(store, tmp_path / name, sets=NO_AUG)["final_test_acc"]
            for name, store in (("clean", clean), ("random", rnd), ("em", em))}
     print("victim clean test accuracy:", {k: round(v, 3) for k, v in acc.items()})
     assert acc["clean"] > 0.30 and acc["random"] > 0.30       # the victim learns real features
