@@ -292,6 +292,20 @@ def progress_bar(ctx: ProtectContext, total: int, desc: str, leave: bool = True)
 # =====================================================================================
 
 
+def model_step(model, opt, batches: "BatchStream", x_u8: torch.Tensor, y: torch.Tensor,
+               delta_of: Callable[[torch.Tensor], torch.Tensor], cfg, ctx: ProtectContext) -> torch.Tensor:
+    """The min over θ of one round: ``cfg.train_steps`` SGD batches of clip(x + δ) (δ rows from
+    ``delta_of(idx)``), no augmentation; weights synchronised across ranks. Returns the last loss."""
+    model.train()
+    loss = torch.zeros((), device=ctx.device)
+    for _ in range(cfg.train_steps):
+        idx = batches.next()
+        xb = (to_float(x_u8[idx]) + delta_of(idx)).clamp_(0, 1)
+        loss = sgd_step(model, opt, to_model(xb), y[idx], cfg.grad_clip, ctx.device)
+    sync_model(model, ctx)
+    return loss
+
+
 @PROTECTIONS.register("em")
 class EM(Protection):
     """Error-minimising noise, sample-wise or class-wise, optionally EOT over CG (EM-T)."""
@@ -354,13 +368,7 @@ class EM(Protection):
         for r in range(cfg.max_rounds):
             tr = time.perf_counter()
             # (a) model step: M batches of the perturbed set, no augmentation.
-            model.train()
-            loss = torch.zeros((), device=dev)
-            for _ in range(cfg.train_steps):
-                idx = batches.next()
-                xb = (to_float(x_u8[idx]) + delta[idx]).clamp_(0, 1)
-                loss = sgd_step(model, opt, to_model(xb), y[idx], cfg.grad_clip, dev)
-            sync_model(model, ctx)
+            loss = model_step(model, opt, batches, x_u8, y, lambda idx: delta[idx], cfg, ctx)
             # (b) noise step: T PGD iterations on this rank's rows, weights frozen.
             model.eval()
             model.requires_grad_(False)
@@ -414,13 +422,7 @@ class EM(Protection):
         bar = progress_bar(ctx, cfg.max_rounds, "em-class rounds")
         for r in range(cfg.max_rounds):
             tr = time.perf_counter()
-            model.train()
-            loss = torch.zeros((), device=dev)
-            for _ in range(cfg.train_steps):
-                idx = batches.next()
-                xb = (to_float(x_u8[idx]) + delta.index_select(0, y[idx])).clamp_(0, 1)
-                loss = sgd_step(model, opt, to_model(xb), y[idx], cfg.grad_clip, dev)
-            sync_model(model, ctx)
+            loss = model_step(model, opt, batches, x_u8, y, lambda idx: delta.index_select(0, y[idx]), cfg, ctx)
             model.eval()
             model.requires_grad_(False)
             for s in range(0, k, cfg.batch_size):
