@@ -125,3 +125,57 @@ def em_cifar(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
     em = generate_protected("em", clean, overrides=EM_FAST, out=cache / "em", cache_dir=cache,
                             progress=False, grid=False, device="cpu")
     return clean, em
+
+
+# A small pretrained prior for the prior-based protections (BAIT, SSC): a 1/8-width ResNet-18
+# trained 2 epochs (SGD 0.1, crop + flip) on real training images [200, 2200), saved in
+# torchvision key format as ``python -m ueperf.prior`` writes it. The first 200 images, which the
+# tests craft on, are never seen by it.
+PRIOR_WIDTH = 0.125
+PRIOR_FIRST, PRIOR_IMAGES = 200, 2000
+
+
+@pytest.fixture(scope="session")
+def cifar_arrays(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(x uint8 NHWC, y int64) of the first 2,200 real CIFAR-10 training images."""
+    import numpy as np
+
+    from ueperf.config import DataConfig
+    from ueperf.data import prepare_dataset
+    st = prepare_dataset(DataConfig(dataset="cifar10", root=str(cifar_root),
+                                    cache_dir=str(tmp_path_factory.mktemp("arrays_cache")),
+                                    train_limit=PRIOR_FIRST + PRIOR_IMAGES, test_limit=64))
+    return np.array(st.train.x), np.array(st.train.y, dtype=np.int64)
+
+
+@pytest.fixture(scope="session")
+def small_prior(cifar_arrays, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    import torch.nn.functional as F
+
+    from ueperf.kernels.augment import augment_ref, sample_params
+    from ueperf.models import build_model
+    x, y = cifar_arrays
+    xp = torch.from_numpy(x[PRIOR_FIRST:]).float() / 255
+    yp = torch.from_numpy(y[PRIOR_FIRST:])
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("resnet18", 10, 32, width=PRIOR_WIDTH)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    # one thread whoever asks first: the float sums (hence the prior's bytes) depend on the count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for _ in range(2):
+        perm = torch.randperm(len(yp), generator=g)
+        for s in range(0, len(yp) - 127, 128):
+            i = perm[s:s + 128]
+            loss = F.cross_entropy(model(augment_ref(xp[i], sample_params(len(i), 32, 32, generator=g))), yp[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("prior") / "prior.pt"
+    torch.save(model.state_dict(), path)
+    return path

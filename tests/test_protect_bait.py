@@ -1,8 +1,8 @@
 """BAIT (spec §2.10, our interpretation) on real CIFAR-10 images.
 
-A small prior (1/8-width ResNet-18, 2 epochs on 2,000 real training images that are never
-crafted on) is trained once per module and saved in torchvision key format, as
-``python -m ueperf.prior`` would; BAIT then fine-tunes from it and binds the first images to
+The session's small prior (tests/conftest.py ``small_prior``: 1/8-width ResNet-18, 2 epochs on
+2,000 real training images that are never crafted on, saved in torchvision key format as
+``python -m ueperf.prior`` would); BAIT then fine-tunes from it and binds the first images to
 π(y) = (y+1) mod K with small budgets (few passes and PGD steps) so that every test takes seconds.
 Effects are re-measured from the published uint8 images with the crafting surrogate that the
 method exposes (``BAIT.surrogates``), not read from its own diagnostics.
@@ -24,19 +24,17 @@ import threading
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from ueperf.config import DataConfig
 from ueperf.errors import ConfigError, ModelError
-from ueperf.kernels.augment import augment_ref, sample_params
 from ueperf.models import build_model
 from ueperf.protections import PROTECTIONS
 from ueperf.protections import bait as bait_mod
 from ueperf.protections.bait import BAIT, BAITConfig, build_from_prior
 from ueperf.protections.base import ProtectContext, apply, measure
 
+from ranks import Exchange
+
 EPS_LEVELS = 8                   # ceil(255 · 8/255) grey levels
-N_PRIOR = 2000                   # images [200, 2200) train the prior: disjoint from every crafted image
 N_BIND = 128                     # images crafted in the binding test
 WIDTH = 0.125
 # Small budgets for every test (defaults: 10 passes, M = 5, S = 10, batch 128, regeneration 20 steps).
@@ -56,38 +54,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def cifar(cifar_root, tmp_path_factory):
-    from ueperf.data import prepare_dataset
-    st = prepare_dataset(DataConfig(dataset="cifar10", root=str(cifar_root),
-                                    cache_dir=str(tmp_path_factory.mktemp("bait_cache")),
-                                    train_limit=200 + N_PRIOR, test_limit=64))
-    return np.array(st.train.x), np.array(st.train.y, dtype=np.int64)
+def cifar(cifar_arrays):
+    return cifar_arrays
 
 
 @pytest.fixture(scope="module")
-def prior(cifar, tmp_path_factory):
-    """A state dict trained on real images [200, 2200), torchvision key format (what
-    ``python -m ueperf.prior`` writes): 2 epochs, SGD 0.1, crop + flip."""
-    x, y = cifar
-    xp = torch.from_numpy(x[200:]).float() / 255
-    yp = torch.from_numpy(y[200:])
-    g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model("resnet18", 10, 32, width=WIDTH)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    model.train()
-    for _ in range(2):
-        perm = torch.randperm(len(yp), generator=g)
-        for s in range(0, len(yp) - 127, 128):
-            i = perm[s:s + 128]
-            loss = F.cross_entropy(model(augment_ref(xp[i], sample_params(len(i), 32, 32, generator=g))), yp[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    path = tmp_path_factory.mktemp("prior") / "prior.pt"
-    torch.save(model.state_dict(), path)
-    return path
+def prior(small_prior):
+    return small_prior
 
 
 def _ctx(x, y, cfg, seed=0, **extra):
@@ -158,37 +131,6 @@ def test_same_seed_same_bytes(cifar, prior):
 
 
 # ───────────────────────────────────────────── sharding ──
-class _Exchange:
-    """Collectives for ranks running as threads: ``gather`` and ``broadcast`` as the runner's
-    (every rank calls them in the same order)."""
-
-    def __init__(self, n, world):
-        self.n, self.bar, self.rows, self.sent = n, threading.Barrier(world, timeout=120), {}, None
-        self.calls = {r: [] for r in range(world)}
-
-    def gather(self, rank, shard):
-        def fn(rows):
-            self.calls[rank].append(rows.shape[0])
-            self.rows[rank] = rows.clone()
-            self.bar.wait()
-            full = torch.zeros((self.n, *rows.shape[1:]), dtype=rows.dtype)
-            for r, part in self.rows.items():
-                full[torch.arange(self.n)[r::len(self.calls)]] = part
-            self.bar.wait()  # everybody has read before the next call overwrites
-            return full
-        return fn
-
-    def broadcast(self, rank):
-        def fn(t, src=0):
-            if rank == src:
-                self.sent = t.clone()
-            self.bar.wait()
-            out = self.sent.clone()
-            self.bar.wait()
-            return out
-        return fn
-
-
 def test_sharded_generation_gives_the_bytes_of_one_process(cifar, prior, monkeypatch):
     """Two ranks (threads) each craft their shard arange(N)[r::2] and exchange rows through
     ``ctx.gather`` after every pass: the result is byte-identical to one process, with the outer
@@ -206,23 +148,8 @@ def test_sharded_generation_gives_the_bytes_of_one_process(cifar, prior, monkeyp
     x, y = cifar[0][:n], cifar[1][:n]
     cfg = BAITConfig(prior=str(prior), **{**FAST, "passes": 2, "inner_steps": 2, "outer_eot": True, "eot": 2})
     one = BAIT().generate(_ctx(x, y, cfg)).delta
-    ex, out, errors = _Exchange(n, world), {}, []
-
-    def rank(r):
-        try:
-            shard = torch.arange(n)[r::world]
-            out[r] = BAIT().generate(_ctx(x, y, cfg, rank=r, world_size=world, shard=shard,
-                                          gather=ex.gather(r, shard), broadcast=ex.broadcast(r)))
-        except BaseException as e:  # noqa: BLE001 - reported below; free the other rank
-            errors.append(e)
-            ex.bar.abort()
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    ex = Exchange(n, world)
+    out = ex.run(lambda r, fields: BAIT().generate(_ctx(x, y, cfg, **fields)))
     for r in range(world):
         assert ex.calls[r] == [n // world] * 3          # 2 passes + the regeneration, its rows only
         assert out[r].info["crafted_on_this_rank"] == n // world

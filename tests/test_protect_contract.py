@@ -45,9 +45,11 @@ FAST = {
     # BAIT's prior (the contract checks the published set, not the binding: tests/test_protect_bait.py)
     "bait": ["prior={cache}/bait_prior.pt", "width=0.125", "passes=1", "inner_steps=1", "steps=2",
              "regen_steps=2", "batch_size=100", "eval_batch_size=200"],
+    "ssc": ["prior={cache}/bait_prior.pt", "width=0.125", "max_rounds=1", "train_steps=1", "steps=2",
+            "probe_epochs=1", "batch_size=200", "eval_batch_size=200"],
 }
 # Extra cases: (method, overrides added to FAST) — covers the class-wise paths of the checks.
-VARIANTS = {"random-class": ("random", ["granularity=class"])}
+VARIANTS = {"random-class": ("random", ["granularity=class"]), "ssc-rgb": ("ssc", ["variant=rgb"])}
 # Applied to every surrogate a method trains through ctx.surrogate (after the method's request).
 SURROGATE = ["model.width=0.125", "train.epochs=1", "train.batch_size=64"]
 N_TRAIN, N_TEST = 200, 100

@@ -59,3 +59,24 @@ def test_sweep_over_paradigms_builds_and_reuses_the_prior(tmp_path):
     assert len(list((cache / "priors").iterdir())) == 1
     with pytest.raises(ConfigError, match="--prior"):
         main(BASE + ["--paradigms", "lp", "--out", str(tmp_path / "np")])
+
+
+def test_prior_based_protections_get_the_sweeps_prior_and_its_architecture(tmp_path):
+    """bait/ssc (Config field ``prior``) get --prior and the prior.json architecture unless set;
+    protections without a prior field and explicit --protect-set values are left alone."""
+    import json
+
+    from ueperf.sweep import _fill_prior
+    prior = tmp_path / "prior.pt"
+    prior.write_bytes(b"x")
+    (tmp_path / "prior.json").write_text(json.dumps({"model": "resnet18", "width": 0.25,
+                                                     "config": {"model": {"name": "resnet18", "width": 0.25,
+                                                                          "stem": "cifar"}}}))
+    psets = {"clean": [], "em": [], "bait": ["passes=2"], "ssc": ["width=0.5", "steps=3"]}
+    _fill_prior(psets, prior)
+    assert psets["em"] == [] and psets["clean"] == []
+    assert psets["bait"] == ["passes=2", f"prior={prior.absolute()}", "model=resnet18", "width=0.25", "stem=cifar"]
+    assert psets["ssc"] == ["width=0.5", "steps=3", f"prior={prior.absolute()}", "model=resnet18", "stem=cifar"]
+    own = {"bait": ["prior=/elsewhere.pt"]}
+    _fill_prior(own, prior)
+    assert own["bait"] == ["prior=/elsewhere.pt"]

@@ -73,6 +73,33 @@ def _protect_overrides(items: Sequence[str], methods: Sequence[str]) -> Dict[str
     return out
 
 
+def _fill_prior(psets: Dict[str, List[str]], prior: Path) -> None:
+    """Protections crafted against a prior (Config field ``prior``: bait, ssc) get the sweep's
+    ``--prior`` unless ``--protect-set M:prior=`` says otherwise, and the prior's architecture
+    (model, width, stem from the ``prior.json`` that ``ueperf.prior`` writes beside it) for the
+    fields the user did not set."""
+    import dataclasses
+
+    from .protections import PROTECTIONS
+    meta = prior.parent / "prior.json"
+    arch: Dict[str, str] = {}
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        mc = (m.get("config") or {}).get("model") or {}
+        arch = {k: str(v) for k, v in (("model", mc.get("name", m.get("model"))), ("width", mc.get("width", m.get("width"))),
+                                       ("stem", mc.get("stem"))) if v not in (None, "")}
+    for method, sets in psets.items():
+        if method == CLEAN:
+            continue
+        fields = {f.name for f in dataclasses.fields(PROTECTIONS.get(method).Config)}
+        if "prior" not in fields:
+            continue
+        given = {kv.split("=", 1)[0] for kv in sets}
+        if "prior" not in given:
+            sets.append(f"prior={prior.absolute()}")
+            sets.extend(f"{k}={v}" for k, v in arch.items() if k in fields and k not in given)
+
+
 def run_cell(recipe: str, store_path: Path, countermeasure: str, overrides: Sequence[str], run_dir: Path,
              progress: bool, paradigm: str = "fs") -> Dict:
     """Train one victim (or reuse / resume its run folder) and return its summary."""
@@ -168,6 +195,8 @@ def main(argv=None) -> int:
             prior = build_prior(build(args.prior, [f"data.cache_dir={victim.data.cache_dir}", *args.prior_sets]),
                                 progress=not args.quiet)
         prior_sets = [f"model.pretrained={prior.absolute()}"]
+    if args.prior:
+        _fill_prior(psets, prior)
     cells: Dict[str, Dict[str, Optional[float]]] = {p: {} for p in prots}
     axes = [a for a, n in (("paradigms", pars != ["fs"]), ("countermeasures", cms != ["nt"] or pars == ["fs"])) if n]
     title = f"{clean.name}: protections × " + " × ".join(axes)

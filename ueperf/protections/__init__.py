@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..registry import Registry
 
-_METHOD_MODULES = ("random_noise", "em", "rem", "sp", "ops", "ap", "aep", "hypo", "bait")
+_METHOD_MODULES = ("random_noise", "em", "rem", "sp", "ops", "ap", "aep", "hypo", "bait", "ssc")
 
 
 def _load() -> None:

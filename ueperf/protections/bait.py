@@ -90,7 +90,7 @@ from ..kernels.augment import augment_ref, sample_params
 from . import PROTECTIONS
 from .aep import quantise
 from .base import Perturbation, ProtectContext, Protection, to_model
-from .em import (autocast, autocast_dtype, check_common, eot_augment, progress_bar, sgd_step, sync_model,
+from .em import (Frozen, autocast, autocast_dtype, check_common, eot_augment, progress_bar, sgd_step, sync_model,
                  to_float)
 
 # Generator salts: one independent, reproducible random stream per purpose.
@@ -99,8 +99,8 @@ SALT_INIT, SALT_DELTA, SALT_ORDER, SALT_INNER, SALT_OUTER, SALT_REGEN = 0xBA0, 0
 PARADIGMS = ("ft", "lp", "pf1", "pf2", "pf3")  # spec §5 (fs has no prior: not a BAIT surrogate)
 INITS = ("uniform", "zero")
 
-PRIOR_HELP = ("BAIT crafts against a surrogate fine-tuned from a pretrained prior (spec §2.10, §5). Set "
-              "prior=PATH (--set prior=PATH) to a torchvision-format state dict of the surrogate "
+PRIOR_HELP = ("{name} crafts against a surrogate fine-tuned from a pretrained prior (spec §2.10, §2.11, §5). "
+              "Set prior=PATH (--set prior=PATH) to a torchvision-format state dict of the surrogate "
               "architecture (fields model/width/stem): `python -m ueperf.prior --recipe ...` trains one on a "
               "dataset disjoint from the one you protect and prints its path, or use any local "
               "torchvision-format checkpoint (nothing is downloaded).")
@@ -150,7 +150,7 @@ class BAITConfig:
 def _check(cfg: BAITConfig, num_classes: int, n: int) -> None:
     """ConfigErrors, each naming the field, before any work is done."""
     if not str(cfg.prior).strip():
-        raise ConfigError(f"bait.prior is empty. {PRIOR_HELP}")
+        raise ConfigError(f"bait.prior is empty. {PRIOR_HELP.format(name='BAIT')}")
     check_common(cfg, "bait")
 
     def bad(field: str, why: str):
@@ -198,8 +198,11 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def build_from_prior(cfg: BAITConfig, ctx: ProtectContext) -> Tuple[torch.nn.Module, Dict]:
+def build_from_prior(cfg, ctx: ProtectContext, method: str = "bait") -> Tuple[torch.nn.Module, Dict]:
     """θ_pre + fresh head on ``ctx.device``, train mode, and a record of the prior.
+
+    ``cfg`` has the fields ``prior``, ``model``, ``width``, ``stem`` (BAIT's and SSC's Configs);
+    ``method`` names the method in errors.
 
     The fresh head's initial weights depend only on (ctx.seed, SALT_INIT) (the global RNG is
     forked, as in :func:`ueperf.protections.em.build_surrogate`, which has no ``stem``). The body
@@ -216,7 +219,7 @@ def build_from_prior(cfg: BAITConfig, ctx: ProtectContext) -> Tuple[torch.nn.Mod
     try:
         report = load_pretrained(model, path)
     except ModelError as e:
-        raise ModelError(f"bait.prior={cfg.prior!r}: {e} (BAIT's surrogate is set by its own fields: "
+        raise ModelError(f"{method}.prior={cfg.prior!r}: {e} ({method}'s surrogate is set by its own fields: "
                          f"model={cfg.model!r}, width={cfg.width}, stem={cfg.stem!r}; give the prior's "
                          f"architecture there.)") from None
     if report["head_loaded"]:
@@ -263,27 +266,6 @@ class _Stacked(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([m(x) for m in self.members])
-
-
-class _Frozen:
-    """Context: models in eval mode with every ``requires_grad`` off (the PGD differentiates w.r.t.
-    δ only); restores each parameter's own flag afterwards (frozen groups stay frozen)."""
-
-    def __init__(self, models: List[torch.nn.Module]):
-        self.models = models
-
-    def __enter__(self):
-        self.flags = [[p.requires_grad for p in m.parameters()] for m in self.models]
-        for m in self.models:
-            m.eval()
-            m.requires_grad_(False)
-        return self
-
-    def __exit__(self, *exc):
-        for m, flags in zip(self.models, self.flags):
-            for p, f in zip(m.parameters(), flags):
-                p.requires_grad_(f)
-        return False
 
 
 def summed_ce(reps: int):
@@ -398,7 +380,7 @@ class BAIT(Protection):
                 sub = batch[sel]
             r = pos[sub]
             aug = batch_eot(J, batch.numel(), sel, cfg.crop_padding, cfg.flip) if cfg.outer_eot else None
-            with _Frozen(models):
+            with Frozen(models):
                 d = pgd(net, to_float(x_u8[sub]), targets[sub], rows[r], eps=cfg.eps, alpha=alpha, steps=steps,
                         norm=cfg.norm, sign=-1.0, loss_fn=loss_fn, augment=aug, generator=g, autocast_dtype=ac)
             rows.index_copy_(0, r, d)

@@ -120,7 +120,7 @@ def check_common(cfg, name: str) -> None:
     if not cfg.alpha > 0:
         bad("alpha", "the PGD step must be > 0 (in [0,1] pixel units, e.g. 0.8/255)")
     for f in ("batch_size", "eot"):
-        if int(getattr(cfg, f)) < 1:
+        if hasattr(cfg, f) and int(getattr(cfg, f)) < 1:
             bad(f, "must be >= 1")
     if cfg.steps < 0:
         bad("steps", "must be >= 0")
@@ -279,6 +279,27 @@ def project_ball(d: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return d * (eps / n).clamp_max(1.0)
 
 
+class Frozen:
+    """Context: models in eval mode with every ``requires_grad`` off (the PGD differentiates w.r.t.
+    δ only); restores each parameter's own flag afterwards (frozen groups stay frozen)."""
+
+    def __init__(self, models):
+        self.models = list(models)
+
+    def __enter__(self):
+        self.flags = [[p.requires_grad for p in m.parameters()] for m in self.models]
+        for m in self.models:
+            m.eval()
+            m.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc):
+        for m, flags in zip(self.models, self.flags):
+            for p, f in zip(m.parameters(), flags):
+                p.requires_grad_(f)
+        return False
+
+
 def progress_bar(ctx: ProtectContext, total: int, desc: str, leave: bool = True):
     if not ctx.progress:
         return None
@@ -306,6 +327,73 @@ def model_step(model, opt, batches: "BatchStream", x_u8: torch.Tensor, y: torch.
     return loss
 
 
+def sample_wise_rounds(ctx: ProtectContext, cfg, model, opt, augment=None, loss_fn=None,
+                       prepare: Optional[Callable[[torch.Tensor], None]] = None, name: str = "em"):
+    """The sample-wise min-min loop of EM (module docstring), shared with SSC (spec §2.11).
+
+    ``cfg`` needs EM's loop fields (eps, norm, alpha, steps via ``resolved_steps()``, batch_size,
+    train_steps, train_batch_size, grad_clip, eval_batch_size, stop_error, max_rounds,
+    random_start); ``opt`` holds the parameters the model step trains (frozen groups stay frozen:
+    :class:`Frozen` restores each parameter's flag after the noise step). ``prepare(idx)`` is
+    called before the PGD of each noise batch (SSC computes the clean shallow activations of the
+    batch there). Returns (δ, per-round history)."""
+    dev, x_u8, y = ctx.device, ctx.x, ctx.y
+    n = x_u8.shape[0]
+    shard = ctx.shard if ctx.shard is not None else torch.arange(n, device=dev)
+    shard = shard.to(dev)
+    every = torch.arange(n, device=dev)
+    if cfg.random_start:
+        delta = torch.empty(x_u8.shape, dtype=torch.float32, device=dev)
+        g0 = ctx.generator(SALT_NOISE, 0)
+        for s in range(0, n, cfg.batch_size):  # chunked: no float copy of the whole set
+            delta[s:s + cfg.batch_size] = random_start(to_float(x_u8[s:s + cfg.batch_size]), eps=cfg.eps,
+                                                       norm=cfg.norm, generator=g0)
+    else:
+        delta = torch.zeros(x_u8.shape, dtype=torch.float32, device=dev)
+    batches = BatchStream(every, cfg.train_batch_size, ctx.generator(SALT_MODEL_BATCHES))
+    g_noise = ctx.generator(SALT_NOISE)
+    T = cfg.resolved_steps()
+    ac = autocast_dtype(dev)
+    hist: List[Dict] = []
+    bar = progress_bar(ctx, cfg.max_rounds, f"{name} rounds")
+    for r in range(cfg.max_rounds):
+        tr = time.perf_counter()
+        # (a) model step: M batches of the perturbed set, no augmentation.
+        loss = model_step(model, opt, batches, x_u8, y, lambda idx: delta[idx], cfg, ctx)
+        # (b) noise step: T PGD iterations on this rank's rows, weights frozen.
+        inner = progress_bar(ctx, shard.numel(), f"round {r + 1} noise", leave=False)
+        with Frozen([model]):
+            for s in range(0, shard.numel(), cfg.batch_size):
+                idx = shard[s:s + cfg.batch_size]
+                if prepare is not None:
+                    prepare(idx)
+                d = pgd(model, to_float(x_u8[idx]), y[idx], delta[idx], eps=cfg.eps, alpha=cfg.alpha,
+                        steps=T, norm=cfg.norm, sign=-1.0, loss_fn=loss_fn, augment=augment,
+                        generator=g_noise, autocast_dtype=ac)
+                delta.index_copy_(0, idx, d)
+                if inner is not None:
+                    inner.update(idx.numel())
+        if inner is not None:
+            inner.close()
+        if ctx.world_size > 1:
+            delta = ctx.gather(delta.index_select(0, shard))
+        # (c) stop test on the whole perturbed training set (one host sync per round).
+        acc = float(agree(accuracy(model, x_u8, y, every, lambda i: delta.index_select(0, i),
+                                   cfg.eval_batch_size), ctx).item())
+        rec = {"round": r + 1, "surrogate_acc": acc, "model_loss": float(loss.item()),
+               "round_s": time.perf_counter() - tr}
+        hist.append(rec)
+        ctx.log(rec)
+        if bar is not None:
+            bar.set_postfix(acc=f"{100 * acc:.2f}%")
+            bar.update(1)
+        if acc > 1 - cfg.stop_error:
+            break
+    if bar is not None:
+        bar.close()
+    return delta, hist
+
+
 @PROTECTIONS.register("em")
 class EM(Protection):
     """Error-minimising noise, sample-wise or class-wise, optionally EOT over CG (EM-T)."""
@@ -325,8 +413,10 @@ class EM(Protection):
             eot_desc = f"{mode} x{cfg.eot}"
         else:
             augment, loss_fn, eot_desc = None, None, "none"
-        run = self._sample_wise if cfg.granularity == "sample" else self._class_wise
-        delta, hist = run(ctx, cfg, model, opt, augment, loss_fn)
+        if cfg.granularity == "sample":
+            delta, hist = sample_wise_rounds(ctx, cfg, model, opt, augment, loss_fn)
+        else:
+            delta, hist = self._class_wise(ctx, cfg, model, opt, augment, loss_fn)
         accs = [h["surrogate_acc"] for h in hist]
         info = {
             "rounds": len(hist),
@@ -343,64 +433,6 @@ class EM(Protection):
         }
         return Perturbation(delta=delta, granularity=cfg.granularity, norm=cfg.norm, eps=float(cfg.eps),
                             info=info)
-
-    # -- sample-wise --------------------------------------------------------------------
-    def _sample_wise(self, ctx, cfg, model, opt, augment, loss_fn):
-        dev, x_u8, y = ctx.device, ctx.x, ctx.y
-        n = x_u8.shape[0]
-        shard = ctx.shard if ctx.shard is not None else torch.arange(n, device=dev)
-        shard = shard.to(dev)
-        every = torch.arange(n, device=dev)
-        if cfg.random_start:
-            delta = torch.empty(x_u8.shape, dtype=torch.float32, device=dev)
-            g0 = ctx.generator(SALT_NOISE, 0)
-            for s in range(0, n, cfg.batch_size):  # chunked: no float copy of the whole set
-                delta[s:s + cfg.batch_size] = random_start(to_float(x_u8[s:s + cfg.batch_size]), eps=cfg.eps,
-                                                           norm=cfg.norm, generator=g0)
-        else:
-            delta = torch.zeros(x_u8.shape, dtype=torch.float32, device=dev)
-        batches = BatchStream(every, cfg.train_batch_size, ctx.generator(SALT_MODEL_BATCHES))
-        g_noise = ctx.generator(SALT_NOISE)
-        T = cfg.resolved_steps()
-        ac = autocast_dtype(dev)
-        hist: List[Dict] = []
-        bar = progress_bar(ctx, cfg.max_rounds, "em rounds")
-        for r in range(cfg.max_rounds):
-            tr = time.perf_counter()
-            # (a) model step: M batches of the perturbed set, no augmentation.
-            loss = model_step(model, opt, batches, x_u8, y, lambda idx: delta[idx], cfg, ctx)
-            # (b) noise step: T PGD iterations on this rank's rows, weights frozen.
-            model.eval()
-            model.requires_grad_(False)
-            inner = progress_bar(ctx, shard.numel(), f"round {r + 1} noise", leave=False)
-            for s in range(0, shard.numel(), cfg.batch_size):
-                idx = shard[s:s + cfg.batch_size]
-                d = pgd(model, to_float(x_u8[idx]), y[idx], delta[idx], eps=cfg.eps, alpha=cfg.alpha,
-                        steps=T, norm=cfg.norm, sign=-1.0, loss_fn=loss_fn, augment=augment,
-                        generator=g_noise, autocast_dtype=ac)
-                delta.index_copy_(0, idx, d)
-                if inner is not None:
-                    inner.update(idx.numel())
-            if inner is not None:
-                inner.close()
-            model.requires_grad_(True)
-            if ctx.world_size > 1:
-                delta = ctx.gather(delta.index_select(0, shard))
-            # (c) stop test on the whole perturbed training set (one host sync per round).
-            acc = float(agree(accuracy(model, x_u8, y, every, lambda i: delta.index_select(0, i),
-                                       cfg.eval_batch_size), ctx).item())
-            rec = {"round": r + 1, "surrogate_acc": acc, "model_loss": float(loss.item()),
-                   "round_s": time.perf_counter() - tr}
-            hist.append(rec)
-            ctx.log(rec)
-            if bar is not None:
-                bar.set_postfix(acc=f"{100 * acc:.2f}%")
-                bar.update(1)
-            if acc > 1 - cfg.stop_error:
-                break
-        if bar is not None:
-            bar.close()
-        return delta, hist
 
     # -- class-wise ---------------------------------------------------------------------
     def _class_wise(self, ctx, cfg, model, opt, augment, loss_fn):
@@ -423,21 +455,19 @@ class EM(Protection):
         for r in range(cfg.max_rounds):
             tr = time.perf_counter()
             loss = model_step(model, opt, batches, x_u8, y, lambda idx: delta.index_select(0, y[idx]), cfg, ctx)
-            model.eval()
-            model.requires_grad_(False)
-            for s in range(0, k, cfg.batch_size):
-                idx = sub[s:s + cfg.batch_size]
-                yb = y[idx]
-                d = pgd(model, to_float(x_u8[idx]), yb, delta.index_select(0, yb), eps=cfg.eps,
-                        alpha=cfg.alpha, steps=T, norm=cfg.norm, sign=-1.0, loss_fn=loss_fn,
-                        augment=augment, generator=g_noise, autocast_dtype=ac)
-                # δ_k ← Π_ε(mean of the batch's updated noises of class k); classes absent from
-                # the batch keep theirs. Sums + counts on the device: no per-class Python loop.
-                sums = torch.zeros_like(delta).index_add_(0, yb, d)
-                cnt = torch.bincount(yb, minlength=K).to(delta.dtype).view(-1, 1, 1, 1)
-                mean = project_ball(sums / cnt.clamp_min(1), cfg.eps, cfg.norm)
-                delta = torch.where(cnt > 0, mean, delta)
-            model.requires_grad_(True)
+            with Frozen([model]):
+                for s in range(0, k, cfg.batch_size):
+                    idx = sub[s:s + cfg.batch_size]
+                    yb = y[idx]
+                    d = pgd(model, to_float(x_u8[idx]), yb, delta.index_select(0, yb), eps=cfg.eps,
+                            alpha=cfg.alpha, steps=T, norm=cfg.norm, sign=-1.0, loss_fn=loss_fn,
+                            augment=augment, generator=g_noise, autocast_dtype=ac)
+                    # δ_k ← Π_ε(mean of the batch's updated noises of class k); classes absent from
+                    # the batch keep theirs. Sums + counts on the device: no per-class Python loop.
+                    sums = torch.zeros_like(delta).index_add_(0, yb, d)
+                    cnt = torch.bincount(yb, minlength=K).to(delta.dtype).view(-1, 1, 1, 1)
+                    mean = project_ball(sums / cnt.clamp_min(1), cfg.eps, cfg.norm)
+                    delta = torch.where(cnt > 0, mean, delta)
             acc = float(agree(accuracy(model, x_u8, y, sub, lambda i: delta.index_select(0, y[i]),
                                        cfg.eval_batch_size), ctx).item())
             rec = {"round": r + 1, "surrogate_acc": acc, "model_loss": float(loss.item()),
