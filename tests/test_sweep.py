@@ -80,3 +80,18 @@ def test_prior_based_protections_get_the_sweeps_prior_and_its_architecture(tmp_p
     own = {"bait": ["prior=/elsewhere.pt"]}
     _fill_prior(own, prior)
     assert own["bait"] == ["prior=/elsewhere.pt"]
+
+
+def test_protection_rows_may_name_variants():
+    from ueperf.errors import ConfigError
+    from ueperf.sweep import _fill_prior, _rows
+    labels, method_of = _rows("clean, ssc ,ssc_rgb=ssc,em")
+    assert labels == ["clean", "ssc", "ssc_rgb", "em"]
+    assert method_of == {"clean": "clean", "ssc": "ssc", "ssc_rgb": "ssc", "em": "em"}
+    for bad in ("em,em", "=em", "a=em,a=ssc"):
+        with pytest.raises(ConfigError, match="row name"):
+            _rows(bad)
+    psets = {"ssc_rgb": ["variant=rgb"], "em": []}
+    from pathlib import Path
+    _fill_prior(psets, Path("/nonexistent/prior.pt"), method_of)   # no prior.json: only the path
+    assert psets == {"ssc_rgb": ["variant=rgb", "prior=/nonexistent/prior.pt"], "em": []}

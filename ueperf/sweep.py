@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="", help="where the source lives (folder or archive)")
     p.add_argument("--data", dest="data_sets", action="append", default=[], metavar="KEY=VALUE",
                    help="DataConfig override for the clean source, e.g. --data train_limit=5000")
-    p.add_argument("--protections", default="clean,random,em", help="comma-separated; 'clean' = unprotected")
+    p.add_argument("--protections", default="clean,random,em",
+                   help="comma-separated; 'clean' = unprotected; LABEL=METHOD adds a row for a variant of a method "
+                        "with its own --protect-set LABEL:KEY=VALUE (e.g. em_class=em --protect-set "
+                        "em_class:granularity=class)")
     p.add_argument("--countermeasures", default="nt", help="comma-separated (each may be a '+' combination)")
     p.add_argument("--paradigms", default="fs", help="comma-separated training paradigms (spec §5): fs, lp, "
                                                      "pf1, pf2, pf3, ft; all but fs need --prior")
@@ -73,7 +76,25 @@ def _protect_overrides(items: Sequence[str], methods: Sequence[str]) -> Dict[str
     return out
 
 
-def _fill_prior(psets: Dict[str, List[str]], prior: Path) -> None:
+def _rows(spec: str):
+    """Rows of ``--protections``: (labels in order, {label: method}); ``LABEL=METHOD`` names a variant."""
+    from .errors import ConfigError
+    labels: List[str] = []
+    method_of: Dict[str, str] = {}
+    for item in (i.strip() for i in spec.split(",")):
+        if not item:
+            continue
+        label, _, method = item.partition("=")
+        label, method = label.strip(), (method.strip() or label.strip())
+        if not label or label in method_of:
+            raise ConfigError(f"--protections: {item!r} " + ("repeats a row name" if label else "has no row name")
+                              + "; give each row its own name (LABEL=METHOD for a variant)")
+        labels.append(label)
+        method_of[label] = method
+    return labels, method_of
+
+
+def _fill_prior(psets: Dict[str, List[str]], prior: Path, method_of: Optional[Dict[str, str]] = None) -> None:
     """Protections crafted against a prior (Config field ``prior``: bait, ssc) get the sweep's
     ``--prior`` unless ``--protect-set M:prior=`` says otherwise, and the prior's architecture
     (model, width, stem from the ``prior.json`` that ``ueperf.prior`` writes beside it) for the
@@ -88,9 +109,10 @@ def _fill_prior(psets: Dict[str, List[str]], prior: Path) -> None:
         mc = (m.get("config") or {}).get("model") or {}
         arch = {k: str(v) for k, v in (("model", mc.get("name", m.get("model"))), ("width", mc.get("width", m.get("width"))),
                                        ("stem", mc.get("stem"))) if v not in (None, "")}
-    for method, sets in psets.items():
-        if method == CLEAN:
+    for label, sets in psets.items():
+        if label == CLEAN:
             continue
+        method = (method_of or {}).get(label, label)
         fields = {f.name for f in dataclasses.fields(PROTECTIONS.get(method).Config)}
         if "prior" not in fields:
             continue
@@ -154,14 +176,14 @@ def main(argv=None) -> int:
     from .protections.runner import generate_protected
     from .recipes import build
 
-    prots = [p.strip() for p in args.protections.split(",") if p.strip()]
+    prots, method_of = _rows(args.protections)
     cms = [c.strip() for c in args.countermeasures.split(",") if c.strip()]
     pars = [p.strip() for p in args.paradigms.split(",") if p.strip()]
     if not prots or not cms or not pars:
         raise ConfigError("--protections, --countermeasures and --paradigms each need at least one name")
     for p in prots:
         if p != CLEAN:
-            PROTECTIONS.get(p)  # unknown names fail before any work
+            PROTECTIONS.get(method_of[p])  # unknown names fail before any work
     for c in cms:
         parse(c)
         build(args.recipe, args.overrides, countermeasure=c)  # --set values type-check now
@@ -196,7 +218,7 @@ def main(argv=None) -> int:
                                 progress=not args.quiet)
         prior_sets = [f"model.pretrained={prior.absolute()}"]
     if args.prior:
-        _fill_prior(psets, prior)
+        _fill_prior(psets, prior, method_of)
     cells: Dict[str, Dict[str, Optional[float]]] = {p: {} for p in prots}
     axes = [a for a, n in (("paradigms", pars != ["fs"]), ("countermeasures", cms != ["nt"] or pars == ["fs"])) if n]
     title = f"{clean.name}: protections × " + " × ".join(axes)
@@ -206,7 +228,7 @@ def main(argv=None) -> int:
             store = clean
         else:
             t0 = time.perf_counter()
-            store = generate_protected(p, clean, overrides=psets[p], seed=args.seed, cache_dir=cache,
+            store = generate_protected(method_of[p], clean, overrides=psets[p], seed=args.seed, cache_dir=cache,
                                        surrogate_overrides=args.surrogate_sets, device=args.device,
                                        progress=not args.quiet)
             gen_time[p] = time.perf_counter() - t0
