@@ -675,3 +675,26 @@ def test_prepare_embedded_end_to_end(tmp_path):
     assert len(s.train) == 2000 and len(s.test) == 500 and s.num_classes == 10
     assert s.manifest["source"]["dataset"] == "cifar10" and s.name == "embedded"
     assert json.loads((s.path / "manifest.json").read_text())["kind"] == "clean"
+
+
+def test_class_subsets_split_a_source_into_disjoint_halves(small_tree, cifar_archive):
+    """data.classes keeps a subset before the limits, renumbered 0..k-1: the two halves of a source
+    (a prior's source and its target) share no class; names work too; bad specs say what exists."""
+    full = SOURCES.get("imagefolder")(_cfg(root=str(small_tree)))
+    a = SOURCES.get("imagefolder")(_cfg(root=str(small_tree), classes="0:1"))
+    b = SOURCES.get("imagefolder")(_cfg(root=str(small_tree), classes="1:3", train_limit=4))
+    assert a.classes == full.classes[:1] and b.classes == full.classes[1:]
+    assert not set(a.classes) & set(b.classes)
+    assert set(a.train_y.tolist()) == {0} and set(b.train_y.tolist()) <= {0, 1}
+    np.testing.assert_array_equal(a.train_x, full.train_x[full.train_y == 0])
+    assert np.bincount(b.train_y).tolist() == [2, 2]                     # the limit counts kept classes only
+    assert b.info["class_subset"]["original_labels"] == [1, 2]
+    named = SOURCES.get("imagefolder")(_cfg(root=str(small_tree), classes=f"{full.classes[2]},{full.classes[0]}"))
+    assert named.classes == [full.classes[2], full.classes[0]]          # the given order is the label order
+    np.testing.assert_array_equal(named.test_x[named.test_y == 0], full.test_x[full.test_y == 2])
+    cifar = SOURCES.get("cifar10")(_cfg(root=str(cifar_archive), classes="5:10", train_limit=50))
+    assert cifar.classes[0] == "dog" and len(cifar.classes) == 5 and cifar.train_y.max() <= 4
+    assert len(cifar.train_y) == 50 and set(np.unique(cifar.test_y).tolist()) == set(range(5))
+    for bad, msg in (("3:9", "0 <= A < B <= 3"), ("2:1", "0 <= A < B"), ("x:y", "integer"), ("nope", "unknown")):
+        with pytest.raises(ConfigError, match=msg):
+            SOURCES.get("imagefolder")(_cfg(root=str(small_tree), classes=bad))

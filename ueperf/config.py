@@ -26,6 +26,9 @@ class DataConfig:
     image_size: int = 0             # resize to this many pixels per side at store build (0 = native)
     train_limit: int = 0            # keep only the first N training images (0 = all)
     test_limit: int = 0             # keep only the first N test images (0 = all)
+    classes: str = ""               # keep only these classes ("" = all): "A:B" = labels A..B-1 (e.g. 0:50 and
+                                    # 50:100, the two halves of tiny-imagenet-100) or comma-separated class
+                                    # names; labels are renumbered 0..k-1 in that order (before the limits)
     test_holdout: int = 0           # clean test images held out for hyperparameter selection and
                                     # excluded from the reported test set (spec §4.7: 20)
     loader: str = "auto"            # auto | gpu | cpu | ffcv  (auto = device-resident when it fits)

@@ -9,8 +9,10 @@ embedded       2,000 + 500 real CIFAR-10 images shipped inside the package (no f
 =============  ==================================================================================
 
 Every source returns uint8 NHWC images and int64 labels and applies the common options itself
-(through :func:`finalize`): ``train_limit``/``test_limit`` keep the first N images in source
-order, and ``image_size > 0`` resizes (shorter side to S, bicubic, then centre crop S x S).
+(through :func:`finalize`): ``classes`` keeps a subset of the classes (renumbered 0..k-1, e.g.
+one half of tiny-imagenet-100 as a prior's source and the other half as the target),
+``train_limit``/``test_limit`` keep the first N images in source order, and ``image_size > 0``
+resizes (shorter side to S, bicubic, then centre crop S x S).
 
 A source function carries two attributes that :func:`ueperf.data.prepare_dataset` uses for its
 cache key: ``fn.root(cfg) -> Path | None`` (where it reads from) and ``fn.key_fields`` (the
@@ -30,7 +32,7 @@ from ...errors import ConfigError
 from ...registry import Registry
 
 # DataConfig fields that change the images of every source (part of the cache key).
-COMMON_KEY_FIELDS = ("image_size", "train_limit", "test_limit")
+COMMON_KEY_FIELDS = ("image_size", "train_limit", "test_limit", "classes")
 
 
 def _load_builtin() -> None:
@@ -101,13 +103,57 @@ def check_common(cfg: DataConfig) -> None:
                               f"positive number")
 
 
-def finalize(raw: RawData, cfg: DataConfig, desc: str = "") -> RawData:
-    """Apply ``train_limit``/``test_limit`` (first N in source order) and ``image_size``.
+def select_classes(spec: str, classes: Sequence[str]) -> List[int]:
+    """The original label indices that ``data.classes`` keeps, in their new label order.
 
-    Idempotent: a source that already limited or resized (imagefolder does both before
-    decoding, to save work) passes through unchanged.
+    ``spec``: "A:B" (labels A..B-1), or comma-separated class names (as the source names them,
+    e.g. wnids or CIFAR's "airplane"). ConfigError for an empty, reversed, out-of-range or unknown
+    selection, naming what exists."""
+    spec = str(spec).strip()
+    K = len(classes)
+    if ":" in spec:
+        a, _, b = spec.partition(":")
+        try:
+            lo, hi = int(a or 0), int(b or K)
+        except ValueError:
+            raise ConfigError(f"data.classes={spec!r}: a range is 'A:B' with integer label indices "
+                              f"(e.g. 0:50)") from None
+        if not 0 <= lo < hi <= K:
+            raise ConfigError(f"data.classes={spec!r}: needs 0 <= A < B <= {K} (the source has {K} classes)")
+        return list(range(lo, hi))
+    names = [c.strip() for c in spec.split(",") if c.strip()]
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in names if c not in index]
+    if not names or unknown or len(set(names)) != len(names):
+        shown = ", ".join(list(classes)[:12]) + (", ..." if K > 12 else "")
+        raise ConfigError(f"data.classes={spec!r}: expected 'A:B' or distinct class names of the source"
+                          + (f"; unknown: {unknown}" if unknown else "") + f" (its classes: {shown})")
+    return [index[c] for c in names]
+
+
+def _keep_classes(raw: RawData, spec: str) -> None:
+    keep = select_classes(spec, raw.classes)
+    new = np.full(len(raw.classes), -1, dtype=np.int64)
+    new[keep] = np.arange(len(keep))
+    for split in ("train", "test"):
+        y = np.asarray(getattr(raw, f"{split}_y"), dtype=np.int64)
+        rows = np.nonzero(new[y] >= 0)[0]
+        setattr(raw, f"{split}_x", getattr(raw, f"{split}_x")[rows])
+        setattr(raw, f"{split}_y", new[y[rows]])
+    raw.classes = [raw.classes[i] for i in keep]
+    raw.info["class_subset"] = {"spec": spec, "original_labels": keep}
+
+
+def finalize(raw: RawData, cfg: DataConfig, desc: str = "") -> RawData:
+    """Apply ``classes`` (subset, renumbered), ``train_limit``/``test_limit`` (first N in source
+    order) and ``image_size``.
+
+    Idempotent: a source that already selected classes, limited or resized (imagefolder does all
+    three before decoding, to save work) passes through unchanged.
     """
     check_common(cfg)
+    if str(cfg.classes).strip() and "class_subset" not in raw.info:
+        _keep_classes(raw, cfg.classes)
     for attr, limit in (("train", cfg.train_limit), ("test", cfg.test_limit)):
         if limit > 0:
             setattr(raw, f"{attr}_x", getattr(raw, f"{attr}_x")[:limit])
@@ -126,4 +172,4 @@ def finalize(raw: RawData, cfg: DataConfig, desc: str = "") -> RawData:
 
 
 __all__ = ["SOURCES", "RawData", "register_source", "default_root", "resolve_root", "check_common",
-           "finalize", "resize_array", "COMMON_KEY_FIELDS"]
+           "finalize", "resize_array", "select_classes", "COMMON_KEY_FIELDS"]

@@ -30,7 +30,7 @@ import numpy as np
 
 from ...config import DataConfig
 from ...errors import DataError
-from . import RawData, check_common, finalize, register_source, resolve_root
+from . import RawData, check_common, finalize, register_source, resolve_root, select_classes
 from ._decode import IMG_EXTENSIONS, decode_many
 
 _TEST_DIRS = ("val", "test")
@@ -210,13 +210,22 @@ def _stratified_first(entries: Sequence[Tuple[int, str, str]], n: int) -> List[T
 
 
 def load_imagefolder(root: Path, *, image_size: int = 0, train_limit: int = 0,
-                     test_limit: int = 0) -> RawData:
+                     test_limit: int = 0, classes: str = "") -> RawData:
     """Decode an ImageFolder folder or tar archive (see the module docstring) into uint8 NHWC."""
     if not root.exists():
         raise DataError(f"ImageFolder dataset not found: {root} does not exist. Set data.root to "
                         f"a folder or .tar(.gz) archive; {_LAYOUT}.")
     is_tar = root.is_file()
     listing = _list_tar(root) if is_tar else _list_dir(root)
+    names = listing.classes
+    subset = None
+    if str(classes).strip():  # before the limits and the decoding: only the kept classes are read
+        keep = select_classes(classes, listing.classes)
+        new = {old: i for i, old in enumerate(keep)}
+        listing.train = [(new[lab], a, loc) for lab, a, loc in listing.train if lab in new]
+        listing.test = [(new[lab], a, loc) for lab, a, loc in listing.test if lab in new]
+        names = [listing.classes[i] for i in keep]
+        subset = {"spec": classes, "original_labels": keep}
     train = _stratified_first(listing.train, train_limit)
     test = _stratified_first(listing.test, test_limit)
     entries = train + test
@@ -259,9 +268,11 @@ def load_imagefolder(root: Path, *, image_size: int = 0, train_limit: int = 0,
         "resize": (f"shorter side to {image_size} (bicubic, JPEG draft), centre crop "
                    f"{image_size}x{image_size}") if image_size > 0 else None,
     }
+    if subset is not None:
+        info["class_subset"] = subset
     if listing.descriptions:
-        info["class_descriptions"] = [listing.descriptions.get(c, "") for c in listing.classes]
-    return RawData(x[:nt], y[:nt], x[nt:], y[nt:], listing.classes, info)
+        info["class_descriptions"] = [listing.descriptions.get(c, "") for c in names]
+    return RawData(x[:nt], y[:nt], x[nt:], y[nt:], names, info)
 
 
 @register_source("imagefolder", root=lambda cfg: resolve_root(cfg, "imagefolder"))
@@ -269,5 +280,5 @@ def imagefolder(cfg: DataConfig) -> RawData:
     """ImageFolder dataset at ``data.root`` (folder or tar archive)."""
     check_common(cfg)
     raw = load_imagefolder(resolve_root(cfg, "imagefolder"), image_size=cfg.image_size,
-                           train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+                           train_limit=cfg.train_limit, test_limit=cfg.test_limit, classes=cfg.classes)
     return finalize(raw, cfg, "imagefolder")
