@@ -27,7 +27,7 @@ from ueperf.errors import ConfigError
 from ueperf.recipes import build
 
 MINE = ["ueraser_lite", "ueraser", "ueraser_max", "iss_gray", "iss_jpeg", "iss_bdr", "cutout", "mixup",
-        "cutmix", "randaugment", "trivialaugment", "gaussian"]
+        "cutmix", "randaugment", "trivialaugment", "autoaugment", "gaussian"]
 
 
 def _gen(seed=0):
@@ -211,7 +211,7 @@ def test_apply_ops_geometry_and_colour_definitions():
         assert torch.equal(mixed[b:b + 1], A.apply_ops(x[b:b + 1], ops[b:b + 1], mags[b:b + 1])), b
 
 
-@pytest.mark.parametrize("fn", [A.trivial_augment, A.rand_augment])
+@pytest.mark.parametrize("fn", [A.trivial_augment, A.rand_augment, A.auto_augment])
 def test_auto_augment_shape_range_determinism(fn):
     x = _images(32, 16, 16).contiguous(memory_format=torch.channels_last)
     a = fn(x, generator=_gen(7))
@@ -219,6 +219,22 @@ def test_auto_augment_shape_range_determinism(fn):
     assert torch.equal(a, fn(x, generator=_gen(7)))
     assert not torch.equal(a, fn(x, generator=_gen(8)))
     assert (a != x).flatten(1).any(1).float().mean() > 0.5         # most images changed
+
+
+def test_auto_augment_applies_its_sub_policies():
+    """A sub-policy's two ops in order, each with its probability, at RandAugment's 10-bin
+    magnitudes: invert then posterize bin 7 (8 − round(7 / 2.25) = 5 bits); p = 0 is identity."""
+    x = _grid_images(8, 16, 16)
+    both = A.auto_augment(x, generator=_gen(1), policy=((("invert", 1.0, None), ("posterize", 1.0, 7)),))
+    assert torch.equal(both, A.posterize(1 - x, torch.full((8,), 5.0)))
+    assert torch.equal(A.auto_augment(x, generator=_gen(1), policy=((("rotate", 0.0, 9), ("invert", 0.0, None)),)), x)
+    rot = A.auto_augment(x, generator=_gen(2), policy=((("rotate", 1.0, 9), ("invert", 0.0, None)),))
+    one = torch.tensor([A.OPS.index("rotate")])
+    for b in range(8):   # bin 9 of RandAugment's 0-30°, with a random sign per image
+        assert any(torch.equal(rot[b], A.apply_ops(x[b:b + 1], one, torch.tensor([deg]))[0]) for deg in (30.0, -30.0))
+    assert len(A.AUTOAUGMENT_CIFAR10) == 25 and all(len(sp) == 2 for sp in A.AUTOAUGMENT_CIFAR10)
+    # TrivialAugment / RandAugment never draw invert
+    assert A.INVERT == len(A.OPS)
 
 
 def test_magnitude_tables_match_torchvision():
@@ -351,6 +367,29 @@ def test_ueraser_max_loss_and_reproducible_draws():
     assert UEraserHook(cfg, "lite").repeats_at(0) == 1
 
 
+def test_ueraser_jpeg_variants():
+    """append: JPEG-10 of U(x) (the UEraser repo); prepend: JPEG at a per-image quality in
+    {10..100} before U (APBench). The codec is PIL's, as ISS's jpeg_u8 (byte-identical)."""
+    from ueperf.countermeasures.ueraser import _policy, ueraser_policy
+    from ueperf.data.augment_ops import jpeg_batch, jpeg_u8
+    x = _grid_images(4, 16, 16)
+    u8 = x.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    want = torch.from_numpy(jpeg_u8(u8, 10)).permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(jpeg_batch(x, 10), want) and not torch.equal(want, x)
+    a = ueraser_policy(x, generator=_gen(3), jpeg="append", jpeg_quality=10)
+    assert torch.equal(a, jpeg_batch(_policy(x, 0.5, 0.5, _gen(3)), 10))
+    g = _gen(4)
+    q = torch.randint(10, 101, (4,), generator=_gen(4)).tolist()
+    p = ueraser_policy(x, generator=g, jpeg="prepend")
+    pre = torch.stack([jpeg_batch(x[i:i + 1], q[i])[0] for i in range(4)])
+    g2 = _gen(4)
+    torch.randint(10, 101, (4,), generator=g2)  # the prepend draw comes first
+    assert torch.equal(p, _policy(pre, 0.5, 0.5, g2))
+    cfg = build("synthetic_smoke", ["ueraser.jpeg=append"], countermeasure="ueraser_lite")
+    xr, _ = build_hooks(cfg)[0].on_batch(_fake_trainer(cfg), x, torch.arange(4), torch.arange(4))
+    assert torch.equal(xr.mul(255).round(), xr.mul(255))       # JPEG output lies on the uint8 grid
+
+
 def test_registry_flags_and_combinations():
     for name in MINE:
         cls = COUNTERMEASURES.get(name)
@@ -374,6 +413,8 @@ def test_registry_flags_and_combinations():
     ("ueraser", ["ueraser.repeats=0"], "ueraser.repeats"),
     ("ueraser_max", ["ueraser.plasma_p=1.5"], "ueraser.plasma_p"),
     ("ueraser_lite", ["augment.normalize=true"], "normalize"),
+    ("ueraser_lite", ["ueraser.jpeg=before"], "ueraser.jpeg"),
+    ("ueraser", ["ueraser.jpeg=append", "ueraser.jpeg_quality=0"], "ueraser.jpeg_quality"),
     ("trivialaugment", ["augment.normalize=true"], "normalize"),
     ("randaugment", ["augment.normalize=true"], "normalize"),
     ("randaugment", ["reg.randaugment_m=31"], "randaugment_m"),
@@ -408,7 +449,8 @@ SYNTH = ["data.synthetic_size=16", "data.synthetic_classes=4", "data.synthetic_t
     ("ueraser_lite", ["train.epochs=4"]),
     ("ueraser", ["train.epochs=4", "ueraser.repeats=2", "ueraser.repeat_epochs=1"]),
     ("ueraser_max", ["train.epochs=4", "ueraser.repeats=2"]),
-    ("cutout", []), ("mixup", []), ("cutmix", []), ("randaugment", []), ("trivialaugment", []), ("gaussian", []),
+    ("cutout", []), ("mixup", []), ("cutmix", []), ("randaugment", []), ("trivialaugment", []), ("autoaugment", []),
+    ("gaussian", []),
 ])
 def test_batch_countermeasures_still_learn(cm, sets, cache, tmp_path):
     cfg = build("synthetic_smoke", [*SYNTH, f"data.cache_dir={cache}", *sets], countermeasure=cm)

@@ -142,6 +142,9 @@ class UEraserConfig:
     repeat_epochs: int = 60         # epochs with R > 1 (standard); ueraser_max: all; lite: R = 1 [code]
     plasma_p: float = 0.5           # probability of each plasma op [code]
     shuffle_p: float = 0.5          # probability of channel shuffle [code]
+    jpeg: str = "none"              # JPEG variant: none | append (after U, quality jpeg_quality: UEraser repo)
+                                    # | prepend (before U, quality U{10..100}: APBench) [code]
+    jpeg_quality: int = 10          # quality of the appended JPEG [code: lafeat/ueraser]
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Counter-overfitting augmentations (seed (a)'s baselines, spec §3.4): ``cutout``, ``mixup``,
-``cutmix``, ``randaugment``, ``trivialaugment``, ``gaussian``.
+``cutmix``, ``randaugment``, ``trivialaugment``, ``autoaugment``, ``gaussian``.
 
 Each acts on the float training batch after crop/flip (and CG when on), through the ops of
 :mod:`ueperf.data.augment_ops`, with per-epoch random streams (``epoch_generator``: a resumed run
@@ -11,6 +11,7 @@ mixup           x' = λx + (1−λ)x[π], soft labels, λ ~ Beta(α, α) per bat
 cutmix          one box of x[π] pasted per batch with probability ``reg.cutmix_p``, labels by area
 randaugment     ``reg.randaugment_n`` ops per image at magnitude ``reg.randaugment_m`` (of 0-30)
 trivialaugment  TrivialAugmentWide: one op per image, random magnitude
+autoaugment     AutoAugment's CIFAR-10 policy: one of 25 learned sub-policies (two ops) per image
 gaussian        Gaussian filter of every training image, σ = ``reg.blur_sigma``, k = ``reg.blur_kernel``
 ==============  ===========================================================================
 
@@ -27,13 +28,15 @@ from typing import Any, List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..data.augment_ops import NUM_BINS, cutmix, cutout, gaussian_blur, mixup, rand_augment, trivial_augment
+from ..data.augment_ops import (NUM_BINS, auto_augment, cutmix, cutout, gaussian_blur, mixup, rand_augment,
+                                trivial_augment)
 from ..engine.hooks import TrainHook
 from ..engine.trainer import epoch_generator
 from ..errors import require
 from . import COUNTERMEASURES, Countermeasure
 
-SALTS = {"cutout": 0xC07, "mixup": 0x31C, "cutmix": 0xC31, "randaugment": 0x2A4, "trivialaugment": 0x7A4}
+SALTS = {"cutout": 0xC07, "mixup": 0x31C, "cutmix": 0xC31, "randaugment": 0x2A4, "trivialaugment": 0x7A4,
+         "autoaugment": 0xA7A}
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -173,6 +176,17 @@ class TrivialAugment(_RegBase):
     @staticmethod
     def apply(hook, tr, x, y, gen):
         return trivial_augment(x, generator=gen), y
+
+
+@COUNTERMEASURES.register("autoaugment")
+class AutoAugment(_RegBase):
+    name = "autoaugment"
+    summary = "AutoAugment, CIFAR-10 policy: one of 25 learned two-op sub-policies per image (spec §3.4)"
+    pixel_space = True
+
+    @staticmethod
+    def apply(hook, tr, x, y, gen):
+        return auto_augment(x, generator=gen), y
 
 
 @COUNTERMEASURES.register("gaussian")

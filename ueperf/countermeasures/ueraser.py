@@ -17,7 +17,12 @@ R = 1 is plain training on U(x). Variants: ``ueraser_lite`` R = 1 always; ``uera
 first ``ueraser.repeat_epochs`` epochs, then 1; ``ueraser_max`` R in every epoch. The cost of an
 epoch with R > 1 is R forward/backward passes per image. Each epoch record carries
 ``ueraser_repeats`` (the R it used). Defaults: the repo README (200 epochs, SGD 0.1, momentum
-0.9, p = 0.5; spec §3.2, §7.12). The JPEG variant of the repo is not included.
+0.9, p = 0.5; spec §3.2, §7.12).
+
+JPEG variant (``ueraser.jpeg``): ``append`` = JPEG at ``ueraser.jpeg_quality`` (10) after U (the
+UEraser repo); ``prepend`` = JPEG at a quality drawn per image from {10..100} before U (APBench,
+used for AR/TAP poisons). Training needs no gradient through it, so it is the plain codec
+(:func:`ueperf.data.augment_ops.jpeg_batch`: a host round trip per batch).
 """
 from __future__ import annotations
 
@@ -26,21 +31,31 @@ from typing import Any, List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..data.augment_ops import channel_shuffle, plasma_brightness, plasma_contrast, trivial_augment
+from ..data.augment_ops import channel_shuffle, jpeg_batch, plasma_brightness, plasma_contrast, trivial_augment
 from ..engine.hooks import TrainHook
 from ..engine.trainer import epoch_generator
 from ..errors import require
 from . import COUNTERMEASURES, Countermeasure, default
 
 SALT_UERASER = 0x0E5A
+JPEG_MODES = ("none", "append", "prepend")
+PREPEND_QUALITY = (10, 100)  # APBench's random JPEG quality range [code; spec §3.2]
 EPOCHS = 200  # total epochs of every variant [code: lafeat/ueraser README; spec §3.2]
 
 
 def ueraser_policy(x: torch.Tensor, *, plasma_p: float = 0.5, shuffle_p: float = 0.5,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """U(x) for a batch (B, 3, H, W) in [0, 1], every image with its own draws (module docstring).
-    Returns float32 (B, 3, H, W) in [0, 1]."""
+                   generator: Optional[torch.Generator] = None, jpeg: str = "none",
+                   jpeg_quality: int = 10) -> torch.Tensor:
+    """U(x) for a batch (B, 3, H, W) in [0, 1], every image with its own draws (module docstring),
+    with the JPEG variant ``jpeg`` (none | append | prepend). Returns float32 (B, 3, H, W) in [0, 1]."""
     x = x.float()
+    if jpeg == "prepend":
+        x = jpeg_batch(x, PREPEND_QUALITY, generator=generator)
+    x = _policy(x, plasma_p, shuffle_p, generator)
+    return jpeg_batch(x, jpeg_quality) if jpeg == "append" else x
+
+
+def _policy(x: torch.Tensor, plasma_p: float, shuffle_p: float, generator: Optional[torch.Generator]) -> torch.Tensor:
     x = plasma_brightness(x, roughness=(0.3, 0.7), intensity=(0.5, 1.0), p=plasma_p, generator=generator)
     x = plasma_contrast(x, roughness=(0.3, 0.7), p=plasma_p, generator=generator)
     x = channel_shuffle(x, p=shuffle_p, generator=generator)
@@ -74,7 +89,8 @@ class UEraserHook(TrainHook):
         if R > 1:
             x = x.repeat(R, 1, 1, 1)
             y = y.repeat(R) if y.dim() == 1 else y.repeat(R, 1)
-        out = ueraser_policy(x, plasma_p=self.c.plasma_p, shuffle_p=self.c.shuffle_p, generator=self.gen)
+        out = ueraser_policy(x, plasma_p=self.c.plasma_p, shuffle_p=self.c.shuffle_p, generator=self.gen,
+                             jpeg=self.c.jpeg, jpeg_quality=self.c.jpeg_quality)
         return out.to(x.dtype).contiguous(memory_format=torch.channels_last), y
 
     def loss(self, tr, logits: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
@@ -103,6 +119,10 @@ class _UEraserBase(Countermeasure):
                (c.repeat_epochs >= 0, f"ueraser.repeat_epochs={c.repeat_epochs}: must be >= 0 epochs"),
                (0 <= c.plasma_p <= 1, f"ueraser.plasma_p={c.plasma_p}: a probability, must be in [0, 1]"),
                (0 <= c.shuffle_p <= 1, f"ueraser.shuffle_p={c.shuffle_p}: a probability, must be in [0, 1]"),
+               (c.jpeg in JPEG_MODES, f"ueraser.jpeg={c.jpeg!r}: expected one of {', '.join(JPEG_MODES)} "
+                                      f"(append = the UEraser repo's JPEG-10, prepend = APBench's random quality)"),
+               (isinstance(c.jpeg_quality, int) and 1 <= c.jpeg_quality <= 100,
+                f"ueraser.jpeg_quality={c.jpeg_quality}: an integer JPEG quality in 1..100 (the repo uses 10)"),
                (not cfg.augment.normalize,
                 f"{self.name} augments [0,1] pixel images (plasma, solarize, posterize, ...); set "
                 f"augment.normalize=false")]

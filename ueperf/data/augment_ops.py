@@ -304,6 +304,9 @@ _OP = {name: i for i, name in enumerate(OPS)}
 _SIGNED = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
            "contrast", "sharpness")
 NUM_BINS = 31  # torchvision's num_magnitude_bins
+#: Op id of "invert" (x → 1 − x): AutoAugment's policies use it, TrivialAugment/RandAugment do not
+#: (they draw from range(len(OPS))).
+INVERT = len(OPS)
 
 _TABLES: Dict[Tuple, Tuple[Tensor, Tensor]] = {}
 
@@ -396,7 +399,7 @@ def apply_ops(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
         magnitude: (B,) float, in each op's own unit: shear factor m (tan of the shear angle),
             translation in pixels, rotation in degrees, colour factor offset m (factor 1 + m),
             posterize bits (1..8), solarize threshold in [0, 1]; ignored by identity,
-            autocontrast, equalize.
+            autocontrast, equalize and :data:`INVERT` (1 − x, AutoAugment only).
 
     Ops (torchvision's float definitions; ``blend(D, f) = clamp(f·x + (1 − f)·D, 0, 1)``):
     geometric ops see :func:`_affine_warp`; brightness ``blend(0, 1+m)``; color (saturation)
@@ -436,6 +439,7 @@ def apply_ops(x: Tensor, op: Tensor, magnitude: Tensor) -> Tensor:
 
     out = _keep(op == _OP["autocontrast"], autocontrast(xf), out)
     out = _keep(op == _OP["equalize"], equalize(xf), out)
+    out = _keep(op == INVERT, 1.0 - xf, out)
     return out.to(dtype)
 
 
@@ -468,6 +472,55 @@ def rand_augment(x: Tensor, *, n: int = 2, m: int = 9, generator: Optional[torch
         op = torch.randint(0, len(OPS), (B,), generator=generator, device=x.device)
         neg = torch.randint(0, 2, (B,), generator=generator, device=x.device).bool() & signed[op]
         mag = table[op, int(m)]
+        x = apply_ops(x, op, torch.where(neg, -mag, mag))
+    return x
+
+
+#: AutoAugment's CIFAR-10 policy (Cubuk et al. 2019; torchvision's AutoAugmentPolicy.CIFAR10):
+#: 25 sub-policies of two (op, probability, magnitude bin of 0..9 or None) each.
+AUTOAUGMENT_CIFAR10 = (
+    (("invert", 0.1, None), ("contrast", 0.2, 6)), (("rotate", 0.7, 2), ("translate_x", 0.3, 9)),
+    (("sharpness", 0.8, 1), ("sharpness", 0.9, 3)), (("shear_y", 0.5, 8), ("translate_y", 0.7, 9)),
+    (("autocontrast", 0.5, None), ("equalize", 0.9, None)), (("shear_y", 0.2, 7), ("posterize", 0.3, 7)),
+    (("color", 0.4, 3), ("brightness", 0.6, 7)), (("sharpness", 0.3, 9), ("brightness", 0.7, 9)),
+    (("equalize", 0.6, None), ("equalize", 0.5, None)), (("contrast", 0.6, 7), ("sharpness", 0.6, 5)),
+    (("color", 0.7, 7), ("translate_x", 0.5, 8)), (("equalize", 0.3, None), ("autocontrast", 0.4, None)),
+    (("translate_y", 0.4, 3), ("sharpness", 0.2, 6)), (("brightness", 0.9, 6), ("color", 0.2, 8)),
+    (("solarize", 0.5, 2), ("invert", 0.0, None)), (("equalize", 0.2, None), ("autocontrast", 0.6, None)),
+    (("equalize", 0.2, None), ("equalize", 0.6, None)), (("color", 0.9, 9), ("equalize", 0.6, None)),
+    (("autocontrast", 0.8, None), ("solarize", 0.2, 8)), (("brightness", 0.1, 3), ("color", 0.7, 0)),
+    (("solarize", 0.4, 5), ("autocontrast", 0.9, None)), (("translate_y", 0.9, 9), ("translate_y", 0.7, 9)),
+    (("autocontrast", 0.9, None), ("solarize", 0.8, 3)), (("equalize", 0.8, None), ("invert", 0.1, None)),
+    (("translate_y", 0.7, 9), ("autocontrast", 0.9, None)),
+)
+AUTOAUGMENT_BINS = 10  # torchvision's AutoAugment magnitude bins (RandAugment's ranges)
+
+
+def _policy_tensors(policy, device):
+    op = torch.tensor([[INVERT if o == "invert" else _OP[o] for o, _, _ in sp] for sp in policy], device=device)
+    prob = torch.tensor([[p for _, p, _ in sp] for sp in policy], device=device)
+    bins = torch.tensor([[b or 0 for _, _, b in sp] for sp in policy], device=device)
+    return op, prob, bins
+
+
+def auto_augment(x: Tensor, *, generator: Optional[torch.Generator] = None,
+                 policy=AUTOAUGMENT_CIFAR10) -> Tensor:
+    """AutoAugment (torchvision's semantics): per image one sub-policy drawn uniformly; each of its
+    two ops applied with its probability, at its magnitude bin of ``magnitude_table("rand",
+    num_bins=10)``, with a random sign for signed ops. (B, 3, H, W) in [0, 1] → same."""
+    _check_images(x, "auto_augment")
+    B, _, H, W = x.shape
+    table, signed = magnitude_table("rand", H, W, x.device, AUTOAUGMENT_BINS)
+    pol_op, pol_p, pol_bin = _policy_tensors(policy, x.device)
+    k = torch.randint(0, len(policy), (B,), generator=generator, device=x.device)
+    for j in range(2):
+        on = torch.rand(B, generator=generator, device=x.device) < pol_p[k, j]
+        neg = torch.randint(0, 2, (B,), generator=generator, device=x.device).bool()
+        op = torch.where(on, pol_op[k, j], torch.zeros_like(k))          # 0 = identity
+        known = op < len(OPS)
+        row = torch.where(known, op, torch.zeros_like(op))
+        mag = torch.where(known, table[row, pol_bin[k, j]], torch.zeros(B, device=x.device))
+        neg = neg & known & signed[row]
         x = apply_ops(x, op, torch.where(neg, -mag, mag))
     return x
 
@@ -631,6 +684,27 @@ def _jpeg_one(img: np.ndarray, quality: int) -> np.ndarray:
     buf.seek(0)
     with Image.open(buf) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def jpeg_batch(x: torch.Tensor, quality, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """JPEG encode + decode of a float batch (B, 3, H, W) in [0, 1] with PIL (UEraser's JPEG
+    variant, spec §3.2): pixels are rounded to uint8 first, as an image file would be.
+    ``quality``: an int (every image) or an inclusive range (lo, hi) drawn per image from
+    ``generator``. Returns float32 (B, 3, H, W) on x's device.
+
+    The one batch op that leaves the device: the uint8 batch goes to the host, through PIL's
+    codec, and back (B·H·W·3 bytes each way; JPEG has no batched device codec here)."""
+    B = x.shape[0]
+    if isinstance(quality, (tuple, list)):
+        lo, hi = int(quality[0]), int(quality[1])
+        q = torch.randint(lo, hi + 1, (B,), generator=generator, device=x.device).tolist()
+    else:
+        q = [int(quality)] * B
+    if not all(1 <= v <= 100 for v in q):
+        raise ValueError(f"jpeg_batch: quality {quality} must be in 1..100")
+    u8 = x.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = np.stack([_jpeg_one(np.ascontiguousarray(u8[i]), q[i]) for i in range(B)]) if B else u8
+    return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).float().div_(255)
 
 
 def jpeg_u8(x: np.ndarray, quality: int = 10, *, progress: Optional[bool] = None,
