@@ -30,10 +30,10 @@ from ueperf.protections.base import ProtectContext, apply, measure
 from ueperf.protections import ssc as ssc_mod
 from ueperf.protections.ssc import SSC, Camouflage, SSCConfig, channel_scores, linear_probe, shallow_group
 
-from conftest import PRIOR_WIDTH
 from ranks import Exchange
 
 EPS = 8 / 255
+PRIOR_WIDTH = 0.125            # the width of conftest's small_prior (tests/conftest.py PRIOR_WIDTH)
 FAST = dict(width=PRIOR_WIDTH, max_rounds=2, train_steps=2, steps=5, alpha=2 / 255, probe_epochs=3,
             batch_size=64, eval_batch_size=128)
 
