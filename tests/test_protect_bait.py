@@ -30,9 +30,10 @@ from ueperf.models import build_model
 from ueperf.protections import PROTECTIONS
 from ueperf.protections import bait as bait_mod
 from ueperf.protections.bait import BAIT, BAITConfig, build_from_prior
-from ueperf.protections.base import ProtectContext, apply, measure
+from ueperf.protections.base import measure
 
-from ranks import Exchange
+from prior_methods import Exchange, generate
+from prior_methods import protect_ctx as _ctx
 
 EPS_LEVELS = 8                   # ceil(255 · 8/255) grey levels
 N_BIND = 128                     # images crafted in the binding test
@@ -63,20 +64,9 @@ def prior(small_prior):
     return small_prior
 
 
-def _ctx(x, y, cfg, seed=0, **extra):
-    fields = dict(x=torch.from_numpy(np.ascontiguousarray(x)), y=torch.from_numpy(np.asarray(y)), num_classes=10,
-                  classes=[str(k) for k in range(10)], cfg=cfg, seed=seed, device=torch.device("cpu"),
-                  progress=False)
-    fields.update(extra)
-    return ProtectContext(**fields)
-
-
 def _run(cifar, prior, n, seed=0, **kw):
     """(BAIT instance after generate, Perturbation, clean uint8, labels, published uint8)."""
-    x, y = cifar[0][:n], cifar[1][:n]
-    b = BAIT()
-    pert = b.generate(_ctx(x, y, BAITConfig(prior=str(prior), **{**FAST, **kw}), seed=seed))
-    return b, pert, x, y, apply(x, y, pert)
+    return generate(BAIT(), BAITConfig(prior=str(prior), **{**FAST, **kw}), cifar, n, seed=seed)
 
 
 def _rates(model, x_u8, y):

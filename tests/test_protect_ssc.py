@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from ueperf.errors import ConfigError
 from ueperf.protections import PROTECTIONS
 from ueperf.protections.bait import build_from_prior
-from ueperf.protections.base import ProtectContext, apply, measure
+from ueperf.protections.base import measure
 from ueperf.protections import ssc as ssc_mod
 from ueperf.protections.ssc import SSC, Camouflage, SSCConfig, channel_scores, linear_probe, shallow_group
 
-from ranks import Exchange
+from prior_methods import Exchange, generate
+from prior_methods import protect_ctx as _ctx
 
 EPS = 8 / 255
 PRIOR_WIDTH = 0.125            # the width of conftest's small_prior (tests/conftest.py PRIOR_WIDTH)
@@ -46,19 +47,9 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def _ctx(x, y, cfg, seed=0, **extra):
-    fields = dict(x=torch.from_numpy(np.ascontiguousarray(x)), y=torch.from_numpy(np.asarray(y)), num_classes=10,
-                  classes=[str(k) for k in range(10)], cfg=cfg, seed=seed, device=torch.device("cpu"),
-                  progress=False)
-    fields.update(extra)
-    return ProtectContext(**fields)
-
-
 def _run(arrays, prior, n, seed=0, **kw):
-    x, y = arrays[0][:n], arrays[1][:n]
-    s = SSC()
-    pert = s.generate(_ctx(x, y, SSCConfig(prior=str(prior), **{**FAST, **kw}), seed=seed))
-    return s, pert, x, y, apply(x, y, pert)
+    """(SSC instance after generate, Perturbation, clean uint8, labels, published uint8)."""
+    return generate(SSC(), SSCConfig(prior=str(prior), **{**FAST, **kw}), arrays, n, seed=seed)
 
 
 def _shallow(model, x_u8):

@@ -327,6 +327,21 @@ def model_step(model, opt, batches: "BatchStream", x_u8: torch.Tensor, y: torch.
     return loss
 
 
+def end_round(ctx: ProtectContext, cfg, model, rows: torch.Tensor, delta_of, r: int, loss: torch.Tensor,
+              t_round: float, hist: List[Dict], bar) -> bool:
+    """The stop test of an EM-style round: surrogate accuracy on clip(x + δ) over ``rows`` (rank 0's
+    value on every rank; one host sync), recorded in ``hist``/``ctx.log``/the bar. True = stop."""
+    acc = float(agree(accuracy(model, ctx.x, ctx.y, rows, delta_of, cfg.eval_batch_size), ctx).item())
+    rec = {"round": r + 1, "surrogate_acc": acc, "model_loss": float(loss.item()),
+           "round_s": time.perf_counter() - t_round}
+    hist.append(rec)
+    ctx.log(rec)
+    if bar is not None:
+        bar.set_postfix(acc=f"{100 * acc:.2f}%")
+        bar.update(1)
+    return acc > 1 - cfg.stop_error
+
+
 def sample_wise_rounds(ctx: ProtectContext, cfg, model, opt, augment=None, loss_fn=None,
                        prepare: Optional[Callable[[torch.Tensor], None]] = None, name: str = "em"):
     """The sample-wise min-min loop of EM (module docstring), shared with SSC (spec §2.11).
@@ -378,16 +393,7 @@ def sample_wise_rounds(ctx: ProtectContext, cfg, model, opt, augment=None, loss_
         if ctx.world_size > 1:
             delta = ctx.gather(delta.index_select(0, shard))
         # (c) stop test on the whole perturbed training set (one host sync per round).
-        acc = float(agree(accuracy(model, x_u8, y, every, lambda i: delta.index_select(0, i),
-                                   cfg.eval_batch_size), ctx).item())
-        rec = {"round": r + 1, "surrogate_acc": acc, "model_loss": float(loss.item()),
-               "round_s": time.perf_counter() - tr}
-        hist.append(rec)
-        ctx.log(rec)
-        if bar is not None:
-            bar.set_postfix(acc=f"{100 * acc:.2f}%")
-            bar.update(1)
-        if acc > 1 - cfg.stop_error:
+        if end_round(ctx, cfg, model, every, lambda i, d=delta: d.index_select(0, i), r, loss, tr, hist, bar):
             break
     if bar is not None:
         bar.close()
@@ -468,16 +474,7 @@ class EM(Protection):
                     cnt = torch.bincount(yb, minlength=K).to(delta.dtype).view(-1, 1, 1, 1)
                     mean = project_ball(sums / cnt.clamp_min(1), cfg.eps, cfg.norm)
                     delta = torch.where(cnt > 0, mean, delta)
-            acc = float(agree(accuracy(model, x_u8, y, sub, lambda i: delta.index_select(0, y[i]),
-                                       cfg.eval_batch_size), ctx).item())
-            rec = {"round": r + 1, "surrogate_acc": acc, "model_loss": float(loss.item()),
-                   "round_s": time.perf_counter() - tr}
-            hist.append(rec)
-            ctx.log(rec)
-            if bar is not None:
-                bar.set_postfix(acc=f"{100 * acc:.2f}%")
-                bar.update(1)
-            if acc > 1 - cfg.stop_error:
+            if end_round(ctx, cfg, model, sub, lambda i, d=delta: d.index_select(0, y[i]), r, loss, tr, hist, bar):
                 break
         if bar is not None:
             bar.close()

@@ -65,8 +65,8 @@ from ..errors import ConfigError
 from . import PROTECTIONS
 from .bait import PRIOR_HELP, apply_paradigm, build_from_prior
 from .base import Perturbation, ProtectContext, Protection, to_model
-from .em import (BatchStream, Frozen, accuracy, agree, autocast, check_common, model_step, progress_bar,
-                 sample_wise_rounds, sync_model, to_float)
+from .em import (BatchStream, Frozen, accuracy, agree, autocast, check_common, end_round, model_step,
+                 progress_bar, sample_wise_rounds, sync_model, to_float)
 
 # Generator salts: one independent, reproducible random stream per purpose.
 SALT_PROBE, SALT_CODES, SALT_RANDOM, SALT_RGB_SUBSET, SALT_RGB_BATCHES = 0x55C0, 0x55C1, 0x55C2, 0x55C3, 0x55C4
@@ -409,16 +409,7 @@ class SSC(Protection):
                         grad, = torch.autograd.grad(cam.loss(logits, yb), pp)
                         p = (p.detach() - cfg.alpha * grad.sign()).clamp_(-cfg.eps, cfg.eps)
             delta = field(p)
-            acc = float(agree(accuracy(model, x_u8, y, sub, lambda i: delta.index_select(0, y[i]),
-                                       cfg.eval_batch_size), ctx).item())
-            rec = {"round": r + 1, "surrogate_acc": acc, "model_loss": float(loss.item()),
-                   "round_s": time.perf_counter() - tr}
-            hist.append(rec)
-            ctx.log(rec)
-            if bar is not None:
-                bar.set_postfix(acc=f"{100 * acc:.2f}%")
-                bar.update(1)
-            if acc > 1 - cfg.stop_error:
+            if end_round(ctx, cfg, model, sub, lambda i, d=delta: d.index_select(0, y[i]), r, loss, tr, hist, bar):
                 break
         if bar is not None:
             bar.close()

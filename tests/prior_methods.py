@@ -1,11 +1,32 @@
-"""Ranks as threads for the sharded-generation tests: the collectives the protection runner gives
-a method (``ctx.gather``, ``ctx.broadcast``), exchanged through a barrier."""
+"""Helpers of the prior-based protection tests (BAIT, SSC): a ProtectContext over real arrays, one
+generate-and-publish call, and ranks as threads for the sharded-generation tests (the collectives
+the protection runner gives a method, ``ctx.gather`` and ``ctx.broadcast``, through a barrier)."""
 from __future__ import annotations
 
 import threading
 from typing import Callable, Dict
 
+import numpy as np
 import torch
+
+from ueperf.protections.base import ProtectContext, apply
+
+
+def protect_ctx(x, y, cfg, seed=0, **extra) -> ProtectContext:
+    """CPU context over uint8 NHWC ``x`` and labels ``y`` of 10 classes, no progress bars."""
+    fields = dict(x=torch.from_numpy(np.ascontiguousarray(x)), y=torch.from_numpy(np.asarray(y)), num_classes=10,
+                  classes=[str(k) for k in range(10)], cfg=cfg, seed=seed, device=torch.device("cpu"),
+                  progress=False)
+    fields.update(extra)
+    return ProtectContext(**fields)
+
+
+def generate(method, cfg, arrays, n, seed=0):
+    """(method instance after generate, Perturbation, clean uint8, labels, published uint8) on the
+    first ``n`` images of ``arrays``."""
+    x, y = arrays[0][:n], arrays[1][:n]
+    pert = method.generate(protect_ctx(x, y, cfg, seed=seed))
+    return method, pert, x, y, apply(x, y, pert)
 
 
 class Exchange:
