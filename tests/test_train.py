@@ -23,12 +23,15 @@ def _cfg(tmp_path, name, recipe="demo", **sets):
 
 @pytest.mark.slow
 def test_real_cifar_subset_learns(tmp_path, cifar_root):
-    """A quarter-width ResNet-18 trained 4 epochs on the real 5,438-image CIFAR-10 subset
-    reaches well above chance (10 %) on its 1,017 real test images."""
+    """An eighth-width ResNet-18 trained 4 epochs on the first 2,000 real CIFAR-10 training images
+    reaches well above chance (10 %) on the 1,017 real test images (the longer runs on all 5,438
+    images are in bench/results and the issue notes)."""
     cfg = _cfg(tmp_path, "cifar", recipe="cifar10_resnet18", **{
-        "data.root": str(cifar_root), "model.width": 0.25, "train.epochs": 4, "train.batch_size": 128})
+        "data.root": str(cifar_root), "data.train_limit": 2000, "model.width": 0.125, "train.epochs": 4,
+        "train.batch_size": 128, "train.threads": 1})
     s = train(cfg)
-    assert s["final_test_acc"] > 0.30, s
+    print(f"clean test accuracy {s['final_test_acc']:.3f}")
+    assert s["final_test_acc"] > 0.25, s
     recs = [json.loads(l) for l in (tmp_path / "cifar" / "records.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs] == [1, 2, 3, 4]
     assert recs[-1]["train_loss"] < recs[0]["train_loss"]

@@ -13,15 +13,24 @@ from typing import Any, Dict, Sequence
 
 NO_AUG = ("augment.crop_padding=0", "augment.flip=false")
 
+# Summaries of the victims trained in this session, by their full setting: tests that need the
+# same victim (e.g. NT on the EM fixture) train it once. Only deterministic CPU runs are shared.
+_DONE: Dict[tuple, Dict[str, Any]] = {}
+
 
 def train_victim(store: Any, run_dir: Path, *, countermeasure: str = "nt", epochs: int = 6,
                  width: float = 0.125, sets: Sequence[str] = ()) -> Dict[str, Any]:
     from ueperf.countermeasures import build_hooks
     from ueperf.engine.trainer import train
     from ueperf.recipes import build
+    key = (str(store.path), countermeasure, int(epochs), float(width), tuple(sets))
+    if key in _DONE:
+        return dict(_DONE[key])
     run_dir = Path(run_dir)
     cfg = build("cifar10_resnet18", [f"data.dataset={store.path}", f"model.width={width}",
                                      f"train.epochs={epochs}", "train.progress=false", "train.threads=2",
                                      f"out_dir={run_dir.parent}", f"name={run_dir.name}", *sets],
                 countermeasure=countermeasure)
-    return train(cfg, hooks=build_hooks(cfg))
+    summary = train(cfg, hooks=build_hooks(cfg))
+    _DONE[key] = dict(summary)
+    return summary
