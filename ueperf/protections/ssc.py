@@ -158,9 +158,10 @@ class _StopForward(Exception):
 class Camouflage:
     """S's output captured by a forward hook, and the SSC objective on it.
 
-    ``module`` is the last layer group of S. Modes: ``clean(x)`` runs S only (the hook raises
-    after capturing) and stores a(x) of the batch; during a full forward the hook keeps a(x + δ)
-    for :meth:`loss`; ``grad`` mode makes a(x) a leaf so ∂L/∂a can be read (channel scores).
+    ``module`` is the last layer group of S. :meth:`shallow` runs S only (the hook raises after
+    capturing) and :meth:`prepare` stores the clean batch's a(x) with it; during a full forward
+    the hook keeps a(x + δ) for :meth:`loss`; ``grad`` mode makes a(x) a leaf so ∂L/∂a can be
+    read (channel scores).
     """
 
     def __init__(self, model: torch.nn.Module, module: torch.nn.Module, mask_idx: Optional[torch.Tensor],
