@@ -150,6 +150,36 @@ def test_layer_groups_partition_params_and_buffers(name):
     assert [g for g, _ in gp] == names and sum(len(p) for _, p in gp) == len(list(m.parameters()))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_group_output_module_sees_what_the_group_hands_on(name):
+    """A hook on group_output_module(i) fires once per forward, and its output is the group's
+    output on the main path: zeroing it makes every image's logits the same (a hook on VGG's
+    unregistered slice views would never fire)."""
+    m = small(name).eval()
+    x = torch.rand(3, 3, 32, 32)
+    stages = m.group_stages()
+    for i, stage in enumerate(stages):
+        if stage == 0 or stage == stages[-1]:
+            continue
+        calls = []
+
+        def zero(module, inputs, out):
+            calls.append(out.dim())
+            return torch.zeros_like(out)
+
+        handle = m.group_output_module(i).register_forward_hook(zero)
+        try:
+            with torch.no_grad():
+                logits = m(x)
+        finally:
+            handle.remove()
+        assert calls == [4], f"group {m.group_names()[i]}: hook calls {calls}"
+        assert torch.allclose(logits, logits[:1].expand_as(logits), atol=1e-5), m.group_names()[i]
+    if name == "resnet18":   # the stem's ReLU is functional: no module carries its output
+        with pytest.raises(ModelError, match="stem"):
+            m.group_output_module("stem")
+
+
 def test_resnet18_groups_follow_spec():
     assert small("resnet18").group_names() == [
         "stem", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1",

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ueperf.errors import ConfigError
+from ueperf.models import build_model
 from ueperf.protections import PROTECTIONS
 from ueperf.protections.bait import build_from_prior
 from ueperf.protections.base import measure
@@ -114,6 +115,24 @@ def test_shallow_part_stays_the_priors_deep_part_learns(cifar_arrays, small_prio
     assert sh["group"] == "layer1.1" and sh["frozen_groups"] == [0, 1, 2]
     assert sh["mask_channels"] == math.ceil(0.25 * sh["channels"]) == len(sh["mask"])
     assert pert.info["prior"]["sha256"] and 0 <= pert.info["probe_acc"] <= 1
+
+
+def test_crafts_against_another_family_vgg16(cifar_arrays, tmp_path):
+    """SSC against a VGG-16 prior (spec §5's black-box check crafts against another family):
+    S ends at VGG's stage-1 output (conv2 + pool), its weights stay the prior's, and the
+    objective moves Δ into the mask there (VGG's groups are slice views that hooks cannot see;
+    the hook sits on ``group_output_module``)."""
+    torch.manual_seed(0)
+    prior = tmp_path / "vgg.pt"
+    torch.save(build_model("vgg16", 10, 32, width=PRIOR_WIDTH).state_dict(), prior)
+    s, pert, x, y, xp = _run(cifar_arrays, prior, 64, model="vgg16", max_rounds=1)
+    sh = pert.info["shallow"]
+    assert sh["group"] == "conv2" and sh["frozen_groups"] == [0, 1] and sh["channels"] == 8
+    state = torch.load(prior, weights_only=True)
+    sd = s.surrogate.state_dict()
+    assert all(torch.equal(sd[k], state[k]) for k in state if k.startswith(("body.0.", "body.1.", "body.3.", "body.4.")))
+    assert pert.info["in_mask_energy"] > 0.25 + 0.1        # the mask's share of the channels is 0.25
+    assert measure(x, xp, "linf")["max_abs"] <= 8
 
 
 def test_channel_scores_are_gradient_times_activation(cifar_arrays, small_prior):

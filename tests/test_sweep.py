@@ -80,6 +80,15 @@ def test_prior_based_protections_get_the_sweeps_prior_and_its_architecture(tmp_p
     own = {"bait": ["prior=/elsewhere.pt"]}
     _fill_prior(own, prior)
     assert own["bait"] == ["prior=/elsewhere.pt"]
+    # a row's own prior (another family: the black-box check) brings its own architecture
+    other = tmp_path / "vgg" / "prior.pt"
+    other.parent.mkdir()
+    other.write_bytes(b"y")
+    (other.parent / "prior.json").write_text(json.dumps({"config": {"model": {"name": "vgg16", "width": 0.5,
+                                                                              "stem": "cifar"}}}))
+    bb = {"bait_bb": [f"prior={other}", "stem=imagenet"]}
+    _fill_prior(bb, prior, {"bait_bb": "bait"})
+    assert bb["bait_bb"] == [f"prior={other}", "stem=imagenet", "model=vgg16", "width=0.5"]
 
 
 def test_protection_rows_may_name_variants():

@@ -94,21 +94,27 @@ def _rows(spec: str):
     return labels, method_of
 
 
+def _prior_arch(prior: Path) -> Dict[str, str]:
+    """model, width, stem of a prior from the ``prior.json`` that ``ueperf.prior`` writes beside it
+    ({} when there is none, e.g. a torchvision checkpoint)."""
+    meta = prior.parent / "prior.json"
+    if not meta.is_file():
+        return {}
+    m = json.loads(meta.read_text())
+    mc = (m.get("config") or {}).get("model") or {}
+    return {k: str(v) for k, v in (("model", mc.get("name", m.get("model"))), ("width", mc.get("width", m.get("width"))),
+                                   ("stem", mc.get("stem"))) if v not in (None, "")}
+
+
 def _fill_prior(psets: Dict[str, List[str]], prior: Path, method_of: Optional[Dict[str, str]] = None) -> None:
     """Protections crafted against a prior (Config field ``prior``: bait, ssc) get the sweep's
-    ``--prior`` unless ``--protect-set M:prior=`` says otherwise, and the prior's architecture
-    (model, width, stem from the ``prior.json`` that ``ueperf.prior`` writes beside it) for the
-    fields the user did not set."""
+    ``--prior`` unless ``--protect-set M:prior=`` says otherwise, and the architecture of the prior
+    they craft against (model, width, stem from its ``prior.json``) for the fields the user did not
+    set — so a row crafted against another family's prior (spec §5's black-box check) needs only
+    ``--protect-set M:prior=PATH``."""
     import dataclasses
 
     from .protections import PROTECTIONS
-    meta = prior.parent / "prior.json"
-    arch: Dict[str, str] = {}
-    if meta.is_file():
-        m = json.loads(meta.read_text())
-        mc = (m.get("config") or {}).get("model") or {}
-        arch = {k: str(v) for k, v in (("model", mc.get("name", m.get("model"))), ("width", mc.get("width", m.get("width"))),
-                                       ("stem", mc.get("stem"))) if v not in (None, "")}
     for label, sets in psets.items():
         if label == CLEAN:
             continue
@@ -116,10 +122,11 @@ def _fill_prior(psets: Dict[str, List[str]], prior: Path, method_of: Optional[Di
         fields = {f.name for f in dataclasses.fields(PROTECTIONS.get(method).Config)}
         if "prior" not in fields:
             continue
-        given = {kv.split("=", 1)[0] for kv in sets}
+        given = {k: v for k, _, v in (kv.partition("=") for kv in sets)}
+        own = Path(given["prior"]).expanduser() if "prior" in given else prior
         if "prior" not in given:
             sets.append(f"prior={prior.absolute()}")
-            sets.extend(f"{k}={v}" for k, v in arch.items() if k in fields and k not in given)
+        sets.extend(f"{k}={v}" for k, v in _prior_arch(own).items() if k in fields and k not in given)
 
 
 def run_cell(recipe: str, store_path: Path, countermeasure: str, overrides: Sequence[str], run_dir: Path,

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 
 GroupRef = Union[int, str]
 
@@ -141,6 +141,26 @@ class UEModel(nn.Module):
 
     def group_names(self) -> List[str]:
         return [name for name, _ in self.layer_groups()]
+
+    def group_output_module(self, group: GroupRef) -> nn.Module:
+        """The registered module whose forward output is ``group``'s output — where a forward
+        hook sees what the group hands to the next one.
+
+        A group that is itself a submodule of the model (a residual block, a transition) is its
+        own answer; a group returned as an unregistered ``nn.Sequential`` view over consecutive
+        layers (VGG's conv + BN + ReLU [+ pool] slices, DenseNet's stem) resolves to its last
+        layer — hooks on the view itself would never fire. Raises :class:`ModelError` for a
+        group whose output is computed outside its modules (ResNet's stem: ReLU is functional).
+        """
+        groups = self.layer_groups()
+        name, module = groups[self._group_index(group, groups)]
+        registered = {id(m) for m in self.modules()}
+        while id(module) not in registered and isinstance(module, nn.Sequential) and len(module):
+            module = module[-1]
+        if id(module) not in registered:
+            raise ModelError(f"{getattr(self, 'arch', type(self).__name__)}: layer group {name!r} has no single module whose output is the "
+                             f"group's output (it is a view over {type(module).__name__} parts)")
+        return module
 
     def group_parameters(self, trainable_only: bool = False) -> List[Tuple[str, List[nn.Parameter]]]:
         """[(group name, [parameters])] shallow → deep, e.g. to build per-group optimiser groups.

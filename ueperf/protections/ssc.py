@@ -231,7 +231,7 @@ def shallow_group(model: torch.nn.Module, k: int):
         raise ConfigError(f"ssc.shallow_stage={k}: {getattr(model, 'arch', 'the model')} has stages 1..{head - 1}; "
                           f"S = stem + stages 1..k must leave at least one stage to D (1 <= k <= {head - 2})")
     i = max(j for j, s in enumerate(stages) if s <= k)
-    return i, model.layer_groups()[i][1]
+    return i, model.group_output_module(i)
 
 
 # =====================================================================================
