@@ -158,8 +158,9 @@ class UEModel(nn.Module):
         while id(module) not in registered and isinstance(module, nn.Sequential) and len(module):
             module = module[-1]
         if id(module) not in registered:
-            raise ModelError(f"{getattr(self, 'arch', type(self).__name__)}: layer group {name!r} has no single module whose output is the "
-                             f"group's output (it is a view over {type(module).__name__} parts)")
+            arch = getattr(self, "arch", type(self).__name__)
+            raise ModelError(f"{arch}: layer group {name!r} has no single module whose output is the group's "
+                             f"output (it is a view over {type(module).__name__} parts)")
         return module
 
     def group_parameters(self, trainable_only: bool = False) -> List[Tuple[str, List[nn.Parameter]]]:
