@@ -13,9 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from margins import GATE_SEED, Margin  # tests/margins.py: the margin rule of value-from-training checks
+
 REPO = Path(__file__).resolve().parent.parent
 CIFAR_ARCHIVE = "cifar-10-subset-python.tar.gz"
 TINY_ARCHIVE = "tiny-imagenet-100.tar.gz"
+
+
+@pytest.fixture
+def margin(request) -> Margin:
+    return Margin(request.node.nodeid)
 
 
 def shared_data_dir() -> Path:
@@ -105,28 +112,6 @@ def tiny_subset_root(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 
-# Real CIFAR-10 images protected by sample-wise EM, shared by the protection and countermeasure
-# effect tests: the first 2,000 training images of the subset (all 1,017 test images stay clean),
-# EM crafted with an eighth-width surrogate and a short PGD (5 steps of 2/255 per round), about
-# half a minute on 2 cores. [ours: the smallest setting at which the effect is unmistakable]
-EM_TRAIN_IMAGES = 2000
-EM_FAST = ["width=0.125", "max_rounds=6", "steps=5", "alpha=2/255", "train_steps=20"]
-
-
-@pytest.fixture(scope="session")
-def em_cifar(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    """(clean store, EM-protected store) of the first 2,000 real CIFAR-10 training images."""
-    from ueperf.config import DataConfig
-    from ueperf.data import prepare_dataset
-    from ueperf.protections.runner import generate_protected
-    cache = tmp_path_factory.mktemp("em_cache")
-    clean = prepare_dataset(DataConfig(dataset="cifar10", root=str(cifar_root), cache_dir=str(cache),
-                                       train_limit=EM_TRAIN_IMAGES))
-    em = generate_protected("em", clean, overrides=EM_FAST, out=cache / "em", cache_dir=cache,
-                            progress=False, grid=False, device="cpu")
-    return clean, em
-
-
 # A small pretrained prior for the prior-based protections (BAIT, SSC): a 1/8-width ResNet-18
 # trained 2 epochs (SGD 0.1, crop + flip) on real training images [200, 2200), saved in
 # torchvision key format as ``python -m ueperf.prior`` writes it. The first 200 images, which the
@@ -158,9 +143,9 @@ def small_prior(cifar_arrays, tmp_path_factory: pytest.TempPathFactory) -> Path:
     x, y = cifar_arrays
     xp = torch.from_numpy(x[PRIOR_FIRST:]).float() / 255
     yp = torch.from_numpy(y[PRIOR_FIRST:])
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(GATE_SEED)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.manual_seed(GATE_SEED)
         model = build_model("resnet18", 10, 32, width=PRIOR_WIDTH)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     model.train()

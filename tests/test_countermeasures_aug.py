@@ -3,10 +3,10 @@ augmentations, and the ops behind them (:mod:`ueperf.data.augment_ops`).
 
 Each op is checked against its definition on small tensors (the plasma step against kornia's
 convolution form, equalize against torchvision's per-channel loop, PIL for grayscale and JPEG);
-every countermeasure trains a small victim that still learns on clean data (synthetic 16-px
-images, or real CIFAR-10 images for ISS, whose training-only squeeze shifts the synthetic
-colour classes away from their clean test set); ISS JPEG-10 breaks the one-pixel shortcut of
-OPS on real CIFAR-10 images; bad config values are ConfigErrors.
+UEraser's repeat schedule is checked on short runs, the ISS squeezes on real CIFAR-10 images;
+bad config values are ConfigErrors. Every countermeasure's one-epoch run and option checks are in
+tests/test_countermeasures_registry.py; whether each helps a victim (or keeps clean training
+working) is measured over seeds by bench/effects.py.
 """
 from __future__ import annotations
 
@@ -444,26 +444,18 @@ SYNTH = ["data.synthetic_size=16", "data.synthetic_classes=4", "data.synthetic_t
          "train.threads=1", "train.progress=false", "train.eval_every=100", "train.checkpoint_every=100"]
 
 
-@pytest.mark.parametrize("cm,sets", [
-    # UEraser's policy is heavy (train accuracy ~0.4 after 4 epochs): one epoch more; R = 2 for speed
-    ("ueraser_lite", ["train.epochs=4"]),
-    ("ueraser", ["train.epochs=4", "ueraser.repeats=2", "ueraser.repeat_epochs=1"]),
-    ("ueraser_max", ["train.epochs=4", "ueraser.repeats=2"]),
-    ("cutout", []), ("mixup", []), ("cutmix", []), ("randaugment", []), ("trivialaugment", []), ("autoaugment", []),
-    ("gaussian", []),
-])
-def test_batch_countermeasures_still_learn(cm, sets, cache, tmp_path):
-    cfg = build("synthetic_smoke", [*SYNTH, f"data.cache_dir={cache}", *sets], countermeasure=cm)
-    s = train(cfg, hooks=build_hooks(cfg), run_dir=tmp_path / cm)
-    print(f"{cm}: clean test accuracy {s['final_test_acc']:.3f} (chance 0.25)")
-    assert s["final_test_acc"] > 0.5
+@pytest.mark.parametrize("cm,want", [("ueraser_lite", [1, 1, 1]), ("ueraser", [2, 1, 1]), ("ueraser_max", [2, 2, 2])])
+def test_ueraser_repeat_schedule(cm, want, cache, tmp_path):
+    """R copies per image in the epochs the variant says (spec §3.2): lite never, standard for the
+    first ``ueraser.repeat_epochs``, max always; the records count the copies trained on."""
+    sets = [*SYNTH, f"data.cache_dir={cache}", "data.synthetic_train=256", "ueraser.repeats=2",
+            "ueraser.repeat_epochs=1"]
+    cfg = build("synthetic_smoke", sets, countermeasure=cm)
+    train(cfg, hooks=build_hooks(cfg), run_dir=tmp_path / cm)
     recs = [json.loads(line) for line in (tmp_path / cm / "records.jsonl").read_text().splitlines()]
-    if cm.startswith("ueraser"):
-        want = {"ueraser_lite": [1, 1, 1, 1], "ueraser": [2, 1, 1, 1], "ueraser_max": [2, 2, 2, 2]}[cm]
-        assert [r["ueraser_repeats"] for r in recs] == want
-        assert [r["train_images"] for r in recs] == [1024 * r for r in want]  # R copies per image
-    if cm in ("mixup", "cutmix"):
-        assert all(math.isfinite(r["train_loss"]) for r in recs)
+    assert [r["ueraser_repeats"] for r in recs] == want
+    assert [r["train_images"] for r in recs] == [256 * r for r in want]  # R copies per image
+    assert all(math.isfinite(r["train_loss"]) for r in recs)
 
 
 def test_iss_squeezes_training_images_only(cache, tmp_path):
@@ -478,41 +470,15 @@ def test_iss_squeezes_training_images_only(cache, tmp_path):
         tr.close()
 
 
-@pytest.mark.parametrize("cm", ["iss_gray", "iss_jpeg", "iss_bdr"])
-def test_iss_still_learns_on_real_images(cm, cifar_root, cache, tmp_path):
-    """Real CIFAR-10 (512 training images, 500 clean test images, 5 epochs)."""
-    sets = ["data.dataset=cifar10", f"data.root={cifar_root}", f"data.cache_dir={cache}", "data.train_limit=512",
-            "data.test_limit=500", "model.width=0.125", "train.batch_size=64", "train.epochs=5", "train.threads=1",
-            "train.progress=false", "train.eval_every=100", "train.checkpoint_every=100"]
-    cfg = build("cifar10_resnet18", sets, countermeasure=cm)
-    s = train(cfg, hooks=build_hooks(cfg), run_dir=tmp_path / cm)
-    rec = json.loads((tmp_path / cm / "records.jsonl").read_text().splitlines()[-1])
-    print(f"{cm}: clean test accuracy {s['final_test_acc']:.3f} (chance 0.10), mean change "
-          f"{rec['iss_mean_change']:.4f}")
-    assert s["final_test_acc"] > 0.15
-    assert rec["iss_mean_change"] > 0.005
-
-
-# ═════════════════════════════════════════════ effect on a protection ══
-@pytest.mark.slow
-def test_iss_jpeg_breaks_the_one_pixel_shortcut(cifar_root, tmp_path):
-    """OPS (spec §2.4) on 2,048 real CIFAR-10 images; victims without crop/flip (the shortcut at
-    full strength), 5 epochs. NT fits the one-pixel shortcut (high train accuracy, low clean test
-    accuracy); JPEG-10 smears the pixel, and the victim learns the images instead (spec §6.7:
-    OPS 36.55 % NT → 82.53 % with JPEG-10 on the full set)."""
-    from victim import train_victim
-    from ueperf.config import DataConfig
-    from ueperf.data import prepare_dataset
-    from ueperf.protections.runner import generate_protected
-    clean = prepare_dataset(DataConfig(dataset="cifar10", root=str(cifar_root), cache_dir=str(tmp_path),
-                                       train_limit=2048))
-    ops = generate_protected("ops", clean, out=tmp_path / "ops", cache_dir=tmp_path, progress=False, grid=False,
-                             device="cpu")
-    sets = ["train.threads=1", "augment.crop_padding=0", "augment.flip=false", "train.eval_every=100",
-            "train.checkpoint_every=100"]
-    nt = train_victim(ops, tmp_path / "nt", countermeasure="nt", epochs=5, sets=sets)
-    jp = train_victim(ops, tmp_path / "jpeg", countermeasure="iss_jpeg", epochs=5, sets=sets)
-    print(f"OPS victims, clean test accuracy: NT {nt['final_test_acc']:.3f} (train {nt['final_train_acc']:.3f}) "
-          f"vs ISS JPEG-10 {jp['final_test_acc']:.3f} (train {jp['final_train_acc']:.3f})")
-    assert jp["final_test_acc"] > nt["final_test_acc"] + 0.08
-    assert nt["final_train_acc"] > jp["final_train_acc"]             # NT fits the shortcut instead
+@pytest.mark.parametrize("kind,least", [("gray", 0.01), ("jpeg", 0.01), ("bdr", 0.05)])
+def test_iss_squeezes_real_images_visibly(kind, least, cifar_arrays):
+    """On 256 real CIFAR-10 images each squeeze changes the pixels by a clear mean amount (grey
+    levels / 255) and keeps shape and dtype; gray and bdr are exact functions of the pixels, JPEG
+    goes through PIL. Whether squeezing helps a victim is measured in bench/effects.py."""
+    from ueperf.config import RunConfig
+    from ueperf.countermeasures.iss import squeeze
+    x = cifar_arrays[0][:256]
+    out = squeeze(x, kind, RunConfig())
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    change = float(np.abs(out.astype(np.int16) - x.astype(np.int16)).mean() / 255)
+    assert change > least, change

@@ -28,8 +28,8 @@ from ueperf.protections import PROTECTIONS
 from ueperf.protections.base import bound_slack, measure, select_indices
 from ueperf.protections.runner import craft, finalize, measure_fast
 
-# Small-budget overrides per method (only the keys present in the method's Config are applied, so a
-# renamed knob makes the method run slower here, never fail).
+# Small-budget overrides per method. Every key must be a field of the method's Config: an unknown
+# one fails the case by name (fast_overrides), so a renamed knob is noticed, not silently dropped.
 FAST = {
     "random": [],
     "em": ["max_rounds=1", "steps=2", "train_steps=1", "width=0.125", "batch_size=200", "train_batch_size=64",
@@ -66,10 +66,16 @@ def method_of(case):
 
 
 def fast_overrides(case):
+    """FAST (+ the variant's keys) for ``case``; a key its Config does not have fails the test
+    by name (a renamed knob must be renamed here too, not silently run at its slow default)."""
     name = method_of(case)
     fields = {f.name for f in dataclasses.fields(PROTECTIONS.get(name).Config)}
-    extra = VARIANTS[case][1] if case in VARIANTS else []
-    return [o for o in FAST.get(name, []) if o.split("=", 1)[0] in fields] + extra
+    over = FAST.get(name, []) + (VARIANTS[case][1] if case in VARIANTS else [])
+    unknown = [o for o in over if o.split("=", 1)[0] not in fields]
+    if unknown:
+        pytest.fail(f"{case}: FAST/VARIANTS set {unknown}, which {name}'s Config does not have "
+                    f"(fields: {', '.join(sorted(fields))}); rename or remove them")
+    return over
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +275,18 @@ def test_surrogate_is_cached(env, monkeypatch):
     other = S.surrogate_config(env["clean"], width=0.125, epochs=2, seed=3, overrides=["train.batch_size=64"])
     assert S.surrogate_key(same, env["clean"])[0] == info1["key"]
     assert S.surrogate_key(other, env["clean"])[0] != info1["key"]
+
+
+def test_unknown_fast_keys_fail_by_name(monkeypatch):
+    monkeypatch.setitem(FAST, "random", ["no_such_knob=1"])
+    with pytest.raises(pytest.fail.Exception, match="no_such_knob"):
+        fast_overrides("random")
+
+
+@pytest.mark.parametrize("name", _params(variants=False))
+def test_unknown_override_keys_are_refused(name):
+    """The runner refuses a key the method's Config does not have, naming it (never drops it)."""
+    from ueperf.errors import ConfigError
+    from ueperf.protections.runner import resolve_config
+    with pytest.raises(ConfigError, match="no_such_knob"):
+        resolve_config(name, ["no_such_knob=1"])

@@ -1,5 +1,5 @@
-"""The trainer end to end on real images: it learns, it resumes bit-for-bit, it stops on NaN
-with a message naming epoch and step, and it writes the run folder the issue promises."""
+"""The trainer end to end: it learns, it resumes bit-for-bit, it stops on NaN with a message
+naming epoch and step, and it writes the run folder the issue promises."""
 import json
 
 import pytest
@@ -11,6 +11,8 @@ from ueperf.engine.trainer import Trainer, train
 from ueperf.errors import ConfigError, TrainingDiverged, UeperfError
 from ueperf.recipes import build
 
+from margins import GATE_SEED
+
 
 def _cfg(tmp_path, name, recipe="demo", **sets):
     cfg = build(recipe)
@@ -21,20 +23,21 @@ def _cfg(tmp_path, name, recipe="demo", **sets):
     return cfg
 
 
-@pytest.mark.slow
-def test_real_cifar_subset_learns(tmp_path, cifar_root):
-    """An eighth-width ResNet-18 trained 4 epochs on the first 2,000 real CIFAR-10 training images
-    reaches well above chance (10 %) on the 1,017 real test images (the longer runs on all 5,438
-    images are in bench/results and the issue notes)."""
-    cfg = _cfg(tmp_path, "cifar", recipe="cifar10_resnet18", **{
-        "data.root": str(cifar_root), "data.train_limit": 2000, "model.width": 0.125, "train.epochs": 4,
-        "train.batch_size": 128, "train.threads": 1})
+@pytest.mark.margin
+def test_training_learns_a_learnable_task(tmp_path, margin):
+    """The one training loop learns: an eighth-width ResNet-18, 3 epochs on 1,024 synthetic 16-px
+    images of 4 classes (chance 25 %), ends far above chance on their test images and with a
+    lower training loss than after its first epoch. (Accuracy on real images, over seeds, is the
+    clean arm of bench/effects.py.) Measured over seeds 0-2 × threads 1-2: test accuracy 1.0 every time
+    (spread 0), loss ratio 0.006-0.028 (spread 0.022 against a margin of 0.77)."""
+    cfg = _cfg(tmp_path, "learn", recipe="synthetic_smoke", **{
+        "data.synthetic_size": 16, "data.synthetic_classes": 4, "data.synthetic_train": 1024, "train.epochs": 3,
+        "train.seed": GATE_SEED})
     s = train(cfg)
-    print(f"clean test accuracy {s['final_test_acc']:.3f}")
-    assert s["final_test_acc"] > 0.25, s
-    recs = [json.loads(l) for l in (tmp_path / "cifar" / "records.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in recs] == [1, 2, 3, 4]
-    assert recs[-1]["train_loss"] < recs[0]["train_loss"]
+    margin.above("test accuracy", s["final_test_acc"], 0.6)
+    recs = [json.loads(line) for line in (tmp_path / "learn" / "records.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    margin.below("last / first epoch train loss", recs[-1]["train_loss"] / recs[0]["train_loss"], 0.8)
 
 
 def test_run_folder_contents(tmp_path):

@@ -80,16 +80,12 @@ def main(argv=None) -> int:
             f"data.test_holdout={args.holdout}", f"out_dir={out}", f"name=run{i:02d}"]
         cfg = build(args.recipe, sets, countermeasure=args.countermeasure, dataset=args.dataset)
         print(f"[{i + 1}/{len(combos)}] {' '.join(f'{k}={v}' for k, v in point.items())}", file=sys.stderr, flush=True)
-        tr = Trainer(cfg, hooks=build_hooks(cfg))
-        try:
-            tr.setup()
+        with Trainer(cfg, hooks=build_hooks(cfg)) as tr:
             summary = tr.fit()
             _, _, xh, yh = split_holdout(tr.store.test.x, tr.store.test.y, args.holdout)
             loader = make_loader(Split(x=xh, y=yh, name="holdout"), len(yh), device=tr.ctx.device, shuffle=False,
                                  drop_last=False, seed=0)
             held = tr.evaluate(loader)
-        finally:
-            tr.close()
         rows.append({"point": point, "holdout_acc": held["test_acc"], "holdout_loss": held["test_loss"],
                      "test_acc": summary["final_test_acc"], "run_dir": summary["run_dir"],
                      "rejections": summary.get("st_rejections")})

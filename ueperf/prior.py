@@ -60,16 +60,12 @@ def build_prior(cfg: Any, *, progress: bool = True) -> Path:
             print(f"reusing prior {pt} (same config)", file=sys.stderr)
         return pt
     cfg.train.progress = progress
-    tr = Trainer(cfg, hooks=build_hooks(cfg), resume=(folder / "run" / "config.json").exists(),
-                 run_dir=folder / "run")
-    try:
-        tr.setup()
+    with Trainer(cfg, hooks=build_hooks(cfg), resume=(folder / "run" / "config.json").exists(),
+                 run_dir=folder / "run") as tr:
         summary = tr.fit()
         tmp = folder / ".prior.pt.tmp"
         torch.save({k: v.detach().cpu() for k, v in tr.model.state_dict().items()}, tmp)
         tmp.replace(pt)
-    finally:
-        tr.close()
     write_json_atomic(meta, {"key": key, "config": to_dict(cfg), "source": summary.get("dataset"),
                              "final_test_acc": summary.get("final_test_acc"), "epochs": summary.get("epochs"),
                              "model": cfg.model.name, "width": cfg.model.width})

@@ -209,9 +209,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             surrogate_overrides=args.surrogate_sets, overwrite=args.overwrite, grid=not args.no_grid, dist=dist)
         if dist.is_main:
             _report(store)
-        parallel.barrier(dist)
-    finally:
-        parallel.shutdown(dist)
+    except BaseException:
+        parallel.shutdown(dist, failed=True)
+        raise
+    parallel.shutdown(dist)
     return 0
 
 

@@ -15,7 +15,7 @@ plain training (spec §3.0). :func:`configure` and :func:`build_hooks` are what 
 """
 from __future__ import annotations
 
-from typing import Any, List, Set
+from typing import Any, List, Set, Tuple
 
 from ..errors import ConfigError
 from ..registry import Registry
@@ -29,10 +29,17 @@ COUNTERMEASURES: Registry = Registry("countermeasure", loader=_load)
 
 
 class Countermeasure:
-    """Base class: a countermeasure that changes nothing (plain training)."""
+    """Base class: a countermeasure that changes nothing (plain training).
+
+    ``options``: the dotted config keys it reads, each validated by :meth:`check` (a nonsense value
+    is a ConfigError naming the key: tests/test_countermeasures_registry.py tries one per key).
+    ``records``: the keys it adds to every trained epoch's record in records.jsonl.
+    """
 
     name = ""
     summary = ""
+    options: Tuple[str, ...] = ()
+    records: Tuple[str, ...] = ()
 
     def configure(self, cfg: Any, user: Set[str] = frozenset()) -> None:
         """Set the config defaults this countermeasure implies; ``user`` holds the dotted keys the

@@ -50,6 +50,7 @@ class AdversarialHook(TrainHook):
 class AT(Countermeasure):
     name = "at"
     summary = "PGD adversarial training, ρ 4/255, 10 × 0.8/255 steps (spec §3.1)"
+    options = ("at.eps", "at.alpha", "at.steps", "at.norm")
 
     def check(self, cfg) -> None:
         c = cfg.at

@@ -63,6 +63,7 @@ class ISSHook(TrainHook):
 
 class _ISSBase(Countermeasure):
     kind = ""
+    records = ("iss_mean_change",)
 
     def check(self, cfg) -> None:
         c = cfg.iss
@@ -92,6 +93,7 @@ class ISSJpeg(_ISSBase):
     name = "iss_jpeg"
     summary = "ISS JPEG: training images JPEG-compressed once at quality iss.jpeg_quality = 10 (spec §3.3)"
     kind = "jpeg"
+    options = ("iss.jpeg_quality",)
 
 
 @COUNTERMEASURES.register("iss_bdr")
@@ -99,3 +101,4 @@ class ISSBdr(_ISSBase):
     name = "iss_bdr"
     summary = "ISS bit-depth reduction: training images posterized once to iss.bits = 2 bits (spec §3.3)"
     kind = "bdr"
+    options = ("iss.bits",)

@@ -100,6 +100,7 @@ class _RegBase(Countermeasure):
 class Cutout(_RegBase):
     name = "cutout"
     summary = "Cutout: a zeroed reg.cutout_size² square per training image (spec §3.4)"
+    options = ("reg.cutout_size",)
 
     # With augment.normalize the hole is 0 in normalised units, i.e. the dataset mean colour —
     # what DeVries & Taylor's code does (cutout after normalisation); so normalisation is allowed.
@@ -119,6 +120,7 @@ def _alpha_ok(v: float) -> bool:
 class Mixup(_RegBase):
     name = "mixup"
     summary = "Mixup: convex pairs of images and labels, λ ~ Beta(1, 1) (spec §3.4)"
+    options = ("reg.mixup_alpha",)
     replaces_loss = True
     soft_labels = True
 
@@ -135,6 +137,7 @@ class Mixup(_RegBase):
 class CutMix(_RegBase):
     name = "cutmix"
     summary = "CutMix: a box from another image pasted per batch (p 0.5), labels by area (spec §3.4)"
+    options = ("reg.cutmix_alpha", "reg.cutmix_p")
     replaces_loss = True
     soft_labels = True
 
@@ -153,6 +156,7 @@ class CutMix(_RegBase):
 class RandAugment(_RegBase):
     name = "randaugment"
     summary = "RandAugment: reg.randaugment_n = 2 ops per image at magnitude reg.randaugment_m = 9 (spec §3.4)"
+    options = ("reg.randaugment_n", "reg.randaugment_m")
     pixel_space = True
 
     def _checks(self, cfg):
@@ -193,6 +197,7 @@ class AutoAugment(_RegBase):
 class Gaussian(_RegBase):
     name = "gaussian"
     summary = "Gaussian filter of every training image, σ reg.blur_sigma = 1 px, 3×3 (spec §3.4)"
+    options = ("reg.blur_sigma", "reg.blur_kernel")
 
     # A normalised blur commutes with per-channel normalisation, so augment.normalize is allowed.
     def _checks(self, cfg):

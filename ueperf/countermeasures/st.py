@@ -49,6 +49,7 @@ from ..engine.schedule import lr_factor
 from ..errors import ConfigError, require
 from ..metrics.acm import check_options, embed, extract_features, select_subset, timed_acm
 from . import COUNTERMEASURES, Countermeasure, default
+from .standard import CG_OPTIONS, check_cg
 
 TRIGGERS = ("absolute", "jump", "rise")
 MULTIPLIERS = ("geometric", "linear")
@@ -77,6 +78,9 @@ def check_st(cfg: Any, finetune: bool) -> None:
            (s.warmup_epochs >= 0, f"st.warmup_epochs={s.warmup_epochs}: must be >= 0"),
            (a.subset >= 4, f"acm.subset={a.subset}: must be >= 4 images"),
            (a.classes >= 0, f"acm.classes={a.classes}: must be >= 0 (0 = all)"),
+           (math.isfinite(a.perplexity) and a.perplexity > 0,
+            f"acm.perplexity={a.perplexity}: must be > 0 (t-SNE's effective neighbour count, spec §4.2: 30)"),
+           (a.batch_size >= 1, f"acm.batch_size={a.batch_size}: must be >= 1 image"),
            (cfg.parallel.backend != "deepspeed",
             "ST rolls back optimiser state in memory, which DeepSpeed shards: use parallel.backend=ddp "
             "(or none) with ST")]
@@ -175,8 +179,8 @@ class STHook(TrainHook):
 
     def on_epoch_end(self, tr, rec: Dict[str, Any]) -> None:
         epoch, st = tr.epoch, self.state
-        if st["finetuning"]:
-            rec["phase"] = "finetune"
+        if st["finetuning"]:  # ST-Full step 2: every group at its base multiplier, no ACM test
+            rec.update(phase="finetune", rejected=False, st_counter=st["c"], st_v=[1.0] * self.L)
             return
         rec["phase"] = "st"
         m = self._acm(tr)
@@ -234,10 +238,17 @@ class STHook(TrainHook):
         self.state = dict(state) if state else None
 
 
+ST_OPTIONS = ("st.trigger", "st.tau", "st.jump", "st.alpha", "st.multiplier", "st.v_min", "st.warmup_epochs",
+              "acm.backend", "acm.reduce", "acm.variant", "acm.subset", "acm.classes", "acm.perplexity",
+              "acm.batch_size")
+
+
 class _ST(Countermeasure):
     finetune = False
     lr = 0.1
     cg = False
+    options = ST_OPTIONS
+    records = ("phase", "rejected", "st_counter", "st_v")   # + acm, acm_ms in the ST phase
 
     def configure(self, cfg, user=frozenset()) -> None:
         default(cfg, user, "optim.lr", self.lr)
@@ -248,6 +259,8 @@ class _ST(Countermeasure):
 
     def check(self, cfg) -> None:
         check_st(cfg, self.finetune)
+        if self.cg:
+            check_cg(cfg)
 
     def hooks(self, cfg) -> List[TrainHook]:
         return [STHook(cfg, finetune=self.finetune)]
@@ -264,6 +277,7 @@ class STCG(_ST):
     name = "st_cg"
     summary = "ST with CG augmentation, base lr 0.2 (spec §4.5)"
     lr, cg = 0.2, True
+    options = ST_OPTIONS + CG_OPTIONS
 
 
 @COUNTERMEASURES.register("st_full")
@@ -271,3 +285,4 @@ class STFull(_ST):
     name = "st_full"
     summary = "ST-CG, then fine-tune every layer with CG (lr 0.01, 30 epochs; spec §4.5)"
     lr, cg, finetune = 0.2, True, True
+    options = ST_OPTIONS + CG_OPTIONS + ("st.finetune_epochs", "st.finetune_lr")

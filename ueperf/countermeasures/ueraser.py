@@ -106,6 +106,9 @@ class UEraserHook(TrainHook):
 
 class _UEraserBase(Countermeasure):
     variant = "standard"
+    options = ("ueraser.repeats", "ueraser.repeat_epochs", "ueraser.plasma_p", "ueraser.shuffle_p", "ueraser.jpeg",
+               "ueraser.jpeg_quality")
+    records = ("ueraser_repeats",)
 
     def configure(self, cfg, user=frozenset()) -> None:
         default(cfg, user, "train.epochs", EPOCHS)

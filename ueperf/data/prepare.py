@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..files import write_text_atomic
 from .sources import COMMON_KEY_FIELDS, SOURCES
 from .store import FORMAT_VERSION, Store, is_store, open_store, sha256_file, write_store
 from .protected import open_any
@@ -152,8 +153,8 @@ def prepare_dataset(cfg: DataConfig, *, rank: int = 0, is_main: Optional[bool] =
             raise
     except BaseException as e:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"{type(e).__name__}: {e}", encoding="utf-8")
+            # atomic: a waiting rank polls for the marker and must never read it half-written
+            write_text_atomic(marker, f"{type(e).__name__}: {e}")
         except OSError:
             pass
         raise

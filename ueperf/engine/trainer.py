@@ -34,7 +34,7 @@ from .. import __version__
 from .. import parallel
 from ..config import RunConfig, from_dict, to_dict
 from ..errors import ConfigError, TrainingDiverged, UeperfError, require
-from ..reports.records import RecordWriter, read_records, write_json_atomic
+from ..reports.records import RecordWriter, write_json_atomic
 from .checkpoint import load_checkpoint, save_checkpoint
 from .hooks import TrainHook
 from .schedule import lr_factor
@@ -77,13 +77,15 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     raise ConfigError(f"train.precision={precision!r}: expected auto, bf16 or fp32")
 
 
-def _flat_diff(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
+def config_diff(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
+    """``key: saved vs now`` for every dotted key whose value differs, except the keys that do not
+    change a run's numbers (progress bars, threads, output folder, compile)."""
     out = []
     for k in sorted(set(a) | set(b)):
         key = f"{prefix}{k}"
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += _flat_diff(va, vb, key + ".")
+            out += config_diff(va, vb, key + ".")
         elif (list(va) if isinstance(va, (list, tuple)) else va) != (list(vb) if isinstance(vb, (list, tuple)) else vb):
             if key not in _RESUME_FREE_KEYS:
                 out.append(f"{key}: {va!r} (saved) vs {vb!r} (now)")
@@ -289,7 +291,7 @@ class Trainer:
             if not cfg_path.exists():
                 raise UeperfError(f"--resume: {d} holds no run (no config.json); start it without --resume")
             saved = json.loads(cfg_path.read_text())["config"]
-            diff = _flat_diff(saved, to_dict(self.cfg))
+            diff = config_diff(saved, to_dict(self.cfg))
             if diff:
                 raise ConfigError("--resume: this config differs from the run's saved config in "
                                   + "; ".join(diff[:6]) + ". Resume with the same recipe and --set values "
@@ -543,20 +545,28 @@ class Trainer:
                 print("matplotlib is not installed: skipped curves.png (pip install matplotlib)", file=sys.stderr)
         return summary
 
-    def close(self) -> None:
-        parallel.shutdown(self.ctx)
+    def close(self, failed: bool = False) -> None:
+        """Release the process group (see :func:`ueperf.parallel.shutdown`; ``failed`` after an error)."""
+        if hasattr(self, "ctx"):
+            parallel.shutdown(self.ctx, failed=failed)
+
+    def __enter__(self) -> "Trainer":
+        """``with Trainer(cfg, ...) as tr:`` sets up, and closes on the way out (failed on an exception)."""
+        try:
+            return self.setup()
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
 
 
 def train(cfg: RunConfig, *, resume: bool = False, hooks: Sequence[TrainHook] = (),
           run_dir: Optional[os.PathLike] = None) -> Dict[str, Any]:
     """Run ``cfg`` to the end (or continue it with ``resume``) and return the summary."""
-    tr = Trainer(cfg, hooks=hooks, resume=resume, run_dir=run_dir)
-    try:
-        tr.setup()
+    with Trainer(cfg, hooks=hooks, resume=resume, run_dir=run_dir) as tr:
         return tr.fit()
-    finally:
-        if hasattr(tr, "ctx"):
-            tr.close()
 
 
 def load_run_config(run_dir: os.PathLike) -> RunConfig:

@@ -93,12 +93,24 @@ def init(backend: str = "auto", device: str = "auto", dist_backend: str = "auto"
     return ctx
 
 
-def shutdown(ctx: DistContext) -> None:
-    if ctx.initialized_here:
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        ctx.initialized_here = False
+def shutdown(ctx: DistContext, failed: bool = False) -> None:
+    """Tear down the process group this process created.
+
+    After a clean run every rank first waits at a barrier, so no rank destroys its group while a
+    peer is still working (rank 0 writing plots) or in a collective: a gloo rank that destroyed its
+    group and exited while rank 0 was still plotting aborted at exit ("terminate called without an
+    active exception", SIGABRT; 1 of 20 two-process runs under load). After a failure (``failed``)
+    the peers may be inside a collective that will never complete, so neither the barrier nor the
+    destroy is attempted: the exception propagates and torchrun stops the other ranks.
+    """
+    if not ctx.initialized_here:
+        return
+    import torch.distributed as dist
+    if dist.is_initialized() and not failed:
+        if ctx.world_size > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+    ctx.initialized_here = False
 
 
 # ───────────────────────────────────────────── collectives ──
@@ -225,8 +237,10 @@ def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext, *
     if ctx.backend == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        ddp = DDP(model, device_ids=ids, broadcast_buffers=True,
-                  find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True)
+        # Buffers (BN statistics) are synced from rank 0 at every forward: DDP's default, left
+        # implicit because the keyword for it was renamed (broadcast_buffers → forward_sync_buffers).
+        ddp = DDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters,
+                  gradient_as_bucket_view=True)
         return Wrapped(model, optimizer, ctx, runner=ddp)
     if ctx.backend == "deepspeed":
         if zero_stage not in (1, 2):

@@ -58,13 +58,13 @@ def plot_training(records: Sequence[Dict[str, Any]], path: os.PathLike, title: s
     return _save(fig, plt, path)
 
 
-def _save(fig, plt, path: os.PathLike) -> str:
-    path = os.fspath(path)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+def _save(fig, plt, path: os.PathLike, dpi: int = 90) -> str:
+    from ..files import atomic_write
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi), suffix=".png")
+    finally:
+        plt.close(fig)
+    return os.fspath(path)
 
 
 def plot_st(records: Sequence[Dict[str, Any]], path: os.PathLike, threshold: Optional[float] = None,
@@ -132,12 +132,15 @@ def plot_acm_scatter(points, labels, path: os.PathLike, title: str = "") -> str:
 
 
 def plot_heatmap(values, rows: Sequence[str], cols: Sequence[str], path: os.PathLike, title: str = "",
-                 label: str = "") -> str:
-    """A table as a heat map: values[i][j] in [0, 1] (None = missing), annotated in percent."""
+                 label: str = "", stds=None) -> str:
+    """A table as a heat map: values[i][j] in [0, 1] (None = missing), annotated in percent
+    (``mean±std`` where ``stds`` gives a std over seeds)."""
     import numpy as np
     plt = _plt()
     a = np.array([[np.nan if v is None else 100 * v for v in row] for row in values], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 3, 0.45 * len(rows) + 1.8))
+    sd = np.array([[np.nan if v is None else 100 * v for v in row] for row in stds], dtype=float) \
+        if stds is not None else np.full_like(a, np.nan)
+    fig, ax = plt.subplots(figsize=(1.5 * len(cols) + 3, 0.45 * len(rows) + 1.8))
     im = ax.imshow(a, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(cols, rotation=30, ha="right")
@@ -145,7 +148,8 @@ def plot_heatmap(values, rows: Sequence[str], cols: Sequence[str], path: os.Path
     ax.set_yticklabels(rows)
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
-            ax.text(j, i, "–" if np.isnan(a[i, j]) else f"{a[i, j]:.1f}", ha="center", va="center", fontsize=8)
+            txt = "–" if np.isnan(a[i, j]) else f"{a[i, j]:.1f}" + ("" if np.isnan(sd[i, j]) else f"±{sd[i, j]:.1f}")
+            ax.text(j, i, txt, ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label=label)
     if title:
         ax.set_title(title, fontsize=10)
