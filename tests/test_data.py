@@ -205,6 +205,7 @@ def test_download_checks_md5_then_reads_archive(tmp_path, monkeypatch, cifar_arc
     with pytest.raises(DataError, match="md5"):  # the subset is not the official archive
         SOURCES.get("cifar10")(_cfg(root=str(tmp_path / "a"), download=True))
     assert not (tmp_path / "a" / "cifar-10-python.tar.gz").exists()
+    assert not [p for p in (tmp_path / "a").iterdir()] if (tmp_path / "a").exists() else True  # no temp left
     spec = dict(cifar_mod._SPECS["cifar10"], md5=hashlib.md5(payload).hexdigest())
     monkeypatch.setitem(cifar_mod._SPECS, "cifar10", spec)
     raw = SOURCES.get("cifar10")(_cfg(root=str(tmp_path / "b"), download=True))

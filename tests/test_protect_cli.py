@@ -15,7 +15,8 @@ from PIL import Image
 from ueperf.config import DataConfig
 from ueperf.data import prepare_dataset
 from ueperf.data.protected import open_protected
-from ueperf.data.store import is_store, sha256_file
+from ueperf.data.store import is_store
+from ueperf.files import sha256_file
 from ueperf.errors import DataError
 from ueperf.protections.runner import generate_protected
 

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from .data.store import Split
     from .errors import ConfigError
     from .recipes import build
-    from .reports.records import write_json_atomic
+    from .files import write_json_atomic
 
     grid = parse_grid(args.grid or DEFAULT_GRID)
     if args.holdout < 1:

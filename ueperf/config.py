@@ -289,6 +289,45 @@ def apply_overrides(cfg: Any, overrides: List[str]) -> Any:
     return cfg
 
 
+# Dotted keys that say how a run is executed or where it writes, not what it computes: a resume may
+# change them (``engine.trainer.config_diff``), and the cache keys of surrogates and priors leave
+# them out. Threads, device, compile, deterministic kernels and the parallel backend move float
+# results in their last bits at most; the rest is bookkeeping.
+RESULT_FREE_KEYS = frozenset({
+    "name", "out_dir", "recipe",
+    "data.cache_dir", "data.loader",
+    "train.progress", "train.log_every", "train.threads", "train.compile", "train.device", "train.deterministic",
+    "train.eval_every", "train.checkpoint_every", "train.eval_batch_size",
+    "parallel.backend", "parallel.dist_backend", "parallel.zero_stage",
+})
+
+
+def flat_dict(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """A nested dict as ``{"a.b.c": value}``."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flat_dict(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def result_keys(cfg: Any) -> Dict[str, Any]:
+    """The flat config minus :data:`RESULT_FREE_KEYS`: what a cache key of a trained model hashes."""
+    return {k: v for k, v in flat_dict(to_dict(cfg)).items() if k not in RESULT_FREE_KEYS}
+
+
+def set_default(cfg: Any, user, key: str, value: Any) -> None:
+    """Set dotted ``key`` of ``cfg`` to ``value`` unless it is in ``user`` (the keys the user set
+    with --set): how recipes, paradigms and countermeasures fill in their defaults."""
+    if key in user:
+        return
+    *path, last = key.split(".")
+    node = cfg
+    for part in path:
+        node = getattr(node, part)
+    setattr(node, last, value)
+
+
 def to_dict(cfg: Any) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -21,37 +21,21 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict
-
-# Keys that do not change the trained weights (excluded from the cache key).
-_FREE = {"name", "out_dir", "recipe", "train.progress", "train.log_every", "train.threads", "train.compile",
-         "train.eval_every", "train.checkpoint_every", "train.device", "data.cache_dir", "data.loader",
-         "train.eval_batch_size"}
-
-
-def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
+from typing import Any
 
 def prior_key(cfg: Any) -> str:
-    """12 hex digits of sha256 over the weight-relevant config values (sorted, JSON)."""
-    from .config import to_dict
-    flat = {k: v for k, v in _flat(to_dict(cfg)).items() if k not in _FREE}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """12 hex digits of sha256 over the weight-relevant config values (sorted JSON of
+    :func:`ueperf.config.result_keys`)."""
+    from .config import result_keys
+    return hashlib.sha256(json.dumps(result_keys(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def build_prior(cfg: Any, *, progress: bool = True) -> Path:
     """Train ``cfg`` into the prior cache (or reuse / resume it) and return the ``prior.pt`` path."""
-    import torch
-
     from .config import to_dict
     from .countermeasures import build_hooks
     from .engine.trainer import Trainer
-    from .reports.records import write_json_atomic
+    from .files import torch_save_atomic, write_json_atomic
     key = prior_key(cfg)
     folder = Path(cfg.data.cache_dir).expanduser() / "priors" / f"{cfg.recipe or 'custom'}-{key}"
     pt, meta = folder / "prior.pt", folder / "prior.json"
@@ -63,9 +47,7 @@ def build_prior(cfg: Any, *, progress: bool = True) -> Path:
     with Trainer(cfg, hooks=build_hooks(cfg), resume=(folder / "run" / "config.json").exists(),
                  run_dir=folder / "run") as tr:
         summary = tr.fit()
-        tmp = folder / ".prior.pt.tmp"
-        torch.save({k: v.detach().cpu() for k, v in tr.model.state_dict().items()}, tmp)
-        tmp.replace(pt)
+        torch_save_atomic(pt, {k: v.detach().cpu() for k, v in tr.model.state_dict().items()})
     write_json_atomic(meta, {"key": key, "config": to_dict(cfg), "source": summary.get("dataset"),
                              "final_test_acc": summary.get("final_test_acc"), "epochs": summary.get("epochs"),
                              "model": cfg.model.name, "width": cfg.model.width})

@@ -20,9 +20,7 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -84,7 +82,7 @@ def export_imagefolder(store_path: os.PathLike, out_dir: os.PathLike, *, overwri
 
     from .data.protected import open_any
     from .errors import DataError
-    from .reports.records import write_json_atomic
+    from .files import atomic_dir, write_json_atomic
 
     store = open_any(store_path)
     out = Path(out_dir).expanduser().absolute()
@@ -96,10 +94,7 @@ def export_imagefolder(store_path: os.PathLike, out_dir: os.PathLike, *, overwri
         while f in folders:  # two names that sanitise alike: keep them apart
             f += "_"
         folders.append(f)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out, replace=overwrite) as tmp:
         jobs = []
         for split in (store.train, store.test):
             width = max(1, len(str(max(len(split) - 1, 0))))
@@ -127,16 +122,6 @@ def export_imagefolder(store_path: os.PathLike, out_dir: os.PathLike, *, overwri
         write_json_atomic(tmp / "ueperf_export.json", {
             "store": str(store.path), "kind": store.kind, "label_folders": folders,
             "layout": "<split>/<class folder>/<sample index>.png", "manifest": store.manifest})
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -43,7 +43,7 @@ class Countermeasure:
 
     def configure(self, cfg: Any, user: Set[str] = frozenset()) -> None:
         """Set the config defaults this countermeasure implies; ``user`` holds the dotted keys the
-        user set (--set), which keep the user's value (use :func:`default`)."""
+        user set (--set), which keep the user's value (use :func:`ueperf.config.set_default`)."""
 
     def check(self, cfg: Any) -> None:
         """Raise ConfigError for config values this countermeasure cannot run with."""
@@ -63,17 +63,6 @@ def parse(names: str) -> List[Countermeasure]:
     if len(parts) > 1 and "nt" in parts:
         parts = [p for p in parts if p != "nt"]  # nt + X is X
     return [COUNTERMEASURES.get(p)() for p in parts]
-
-
-def default(cfg: Any, user: Set[str], key: str, value: Any) -> None:
-    """Set dotted ``key`` of ``cfg`` to ``value`` unless the user set it."""
-    if key in user:
-        return
-    *path, last = key.split(".")
-    node = cfg
-    for part in path:
-        node = getattr(node, part)
-    setattr(node, last, value)
 
 
 def configure(cfg: Any, user: Set[str] = frozenset()) -> Any:

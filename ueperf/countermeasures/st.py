@@ -48,7 +48,8 @@ from ..engine.hooks import TrainHook
 from ..engine.schedule import lr_factor
 from ..errors import ConfigError, require
 from ..metrics.acm import check_options, embed, extract_features, select_subset, timed_acm
-from . import COUNTERMEASURES, Countermeasure, default
+from ..config import set_default
+from . import COUNTERMEASURES, Countermeasure
 from .standard import CG_OPTIONS, check_cg
 
 TRIGGERS = ("absolute", "jump", "rise")
@@ -251,11 +252,11 @@ class _ST(Countermeasure):
     records = ("phase", "rejected", "st_counter", "st_v")   # + acm, acm_ms in the ST phase
 
     def configure(self, cfg, user=frozenset()) -> None:
-        default(cfg, user, "optim.lr", self.lr)
+        set_default(cfg, user, "optim.lr", self.lr)
         if self.cg:
-            default(cfg, user, "augment.cg", True)
+            set_default(cfg, user, "augment.cg", True)
         if self.finetune:  # the recipe's epochs are ST-CG's nominal T; the fine-tune epochs come after
-            default(cfg, user, "train.epochs", cfg.train.epochs + cfg.st.finetune_epochs)
+            set_default(cfg, user, "train.epochs", cfg.train.epochs + cfg.st.finetune_epochs)
 
     def check(self, cfg) -> None:
         check_st(cfg, self.finetune)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 
 from ..errors import require
-from . import COUNTERMEASURES, Countermeasure, default
+from ..config import set_default
+from . import COUNTERMEASURES, Countermeasure
 
 CG_OPTIONS = ("augment.jitter_p", "augment.jitter", "augment.gray_p")
 
@@ -34,7 +35,7 @@ class NTCG(Countermeasure):
     options = CG_OPTIONS
 
     def configure(self, cfg, user=frozenset()) -> None:
-        default(cfg, user, "augment.cg", True)
+        set_default(cfg, user, "augment.cg", True)
 
     def check(self, cfg) -> None:
         check_cg(cfg)

@@ -35,7 +35,8 @@ from ..data.augment_ops import channel_shuffle, jpeg_batch, plasma_brightness, p
 from ..engine.hooks import TrainHook
 from ..engine.trainer import epoch_generator
 from ..errors import require
-from . import COUNTERMEASURES, Countermeasure, default
+from ..config import set_default
+from . import COUNTERMEASURES, Countermeasure
 
 SALT_UERASER = 0x0E5A
 JPEG_MODES = ("none", "append", "prepend")
@@ -111,9 +112,9 @@ class _UEraserBase(Countermeasure):
     records = ("ueraser_repeats",)
 
     def configure(self, cfg, user=frozenset()) -> None:
-        default(cfg, user, "train.epochs", EPOCHS)
-        default(cfg, user, "optim.lr", 0.1)        # [code: README]
-        default(cfg, user, "optim.momentum", 0.9)  # [code: README]
+        set_default(cfg, user, "train.epochs", EPOCHS)
+        set_default(cfg, user, "optim.lr", 0.1)        # [code: README]
+        set_default(cfg, user, "optim.momentum", 0.9)  # [code: README]
 
     def check(self, cfg) -> None:
         c = cfg.ueraser

@@ -40,13 +40,13 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..files import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -204,40 +204,21 @@ def write_beton(split: Any, path: PathLike, *, overwrite: bool = False, encoding
         "index": ffcv.fields.IntField(),
     }
     kwargs = {} if page_size is None else {"page_size": int(page_size)}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     log.info("writing FFCV beton %s: %d images %s, %s", path, x.shape[0], tuple(x.shape[1:]), encoding)
-    try:
+
+    def write(tmp: Path) -> None:
         writer = ffcv.writer.DatasetWriter(str(tmp), fields, num_workers=workers, **kwargs)
         # FFCV forks `workers` processes that read the (memory-mapped) arrays; the tqdm bar
         # counts samples written.
         writer.from_indexed_dataset(_SplitSamples(x, y))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
         # Old sidecar first: a crash between the two renames leaves a beton without a sidecar,
         # which is treated as unknown (rewritten), never as matching.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(_sidecar(path))
-        os.replace(tmp, path)
-        _write_json_atomic(_sidecar(path), {**want, "ffcv_version": _ffcv_version()})
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
+    write_json_atomic(_sidecar(path), {**want, "ffcv_version": _ffcv_version()})
     return path
-
-
-def _write_json_atomic(path: Path, obj: Dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _ffcv_version() -> Optional[str]:

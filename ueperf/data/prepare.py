@@ -26,9 +26,9 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..files import write_text_atomic
+from ..files import sha256_file, write_text_atomic
 from .sources import COMMON_KEY_FIELDS, SOURCES
-from .store import FORMAT_VERSION, Store, is_store, open_store, sha256_file, write_store
+from .store import FORMAT_VERSION, Store, is_store, open_store, write_store
 from .protected import open_any
 
 # Bump when a source's output for the same inputs changes (invalidates every cached store).

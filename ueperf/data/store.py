@@ -19,12 +19,9 @@ valid store.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
-import shutil
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -32,12 +29,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import DataError
+from ..files import atomic_dir, sha256_file, write_text_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "test")
 KINDS = ("clean", "protected")
-_HASH_CHUNK = 8 << 20  # 8 MiB reads: large enough to amortise syscalls, small enough to stay in cache
 
 PathLike = Union[str, os.PathLike]
 
@@ -102,20 +99,6 @@ class Store:
 
 
 # ───────────────────────────────────────────── helpers ──
-def sha256_file(path: PathLike, chunk: int = _HASH_CHUNK) -> str:
-    """Hex sha256 of a file, read in fixed-size chunks into one reused buffer."""
-    h = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-    return h.hexdigest()
-
-
 def _library_versions() -> Dict[str, Optional[str]]:
     # importlib.metadata reads the installed version without importing the (heavy) package.
     from importlib import metadata
@@ -131,20 +114,6 @@ def _library_versions() -> Dict[str, Optional[str]]:
 def _ueperf_version() -> str:
     from .. import __version__
     return __version__
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename / the new directory entries durable; not supported on every platform.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_split(name: str, pair: Any, num_classes: int, image_shape: Optional[Tuple[int, ...]]
@@ -207,63 +176,38 @@ def write_store(path: PathLike, train: Tuple[Any, Any], test: Tuple[Any, Any],
         source_json = json.loads(json.dumps(dict(source or {})))
     except (TypeError, ValueError) as e:
         raise DataError(f"write_store: meta/source must be JSON-serialisable ({e})") from None
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling on the same filesystem, so the final os.replace is an atomic rename.
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        files: Dict[str, Dict[str, Any]] = {}
-        for fname, arr in (("train_x.npy", tx), ("train_y.npy", ty),
-                           ("test_x.npy", ex), ("test_y.npy", ey)):
-            fpath = tmp / fname
-            with open(fpath, "wb") as f:
-                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            files[fname] = {"sha256": sha256_file(fpath), "bytes": fpath.stat().st_size,
-                            "shape": list(arr.shape), "dtype": str(arr.dtype)}
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "name": name or path.name,
-            "kind": kind,
-            "splits": {"train": {"n": int(tx.shape[0]), "x_shape": list(tx.shape)},
-                       "test": {"n": int(ex.shape[0]), "x_shape": list(ex.shape)}},
-            "image_shape": list(tx.shape[1:]),
-            "classes": classes,
-            "num_classes": len(classes),
-            "source": source_json,
-            "files": files,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "ueperf_version": _ueperf_version(),
-            "libraries": _library_versions(),
-            "meta": meta_json,
-        }
-        # Manifest last: its presence is what makes a folder a store.
-        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        old = None
-        if path.exists():  # overwrite=True (checked above); a directory cannot be replaced in one rename
-            old = path.parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except OSError as e:
-            if old is not None:
-                os.replace(old, path)
-            if path.exists():  # another process finished the same store first
-                raise DataError(f"{path} was created by another process while this one was "
-                                f"writing it; open it with open_store, or delete it and retry") from e
-            raise
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_dir(path, replace=overwrite) as tmp:
+            files: Dict[str, Dict[str, Any]] = {}
+            for fname, arr in (("train_x.npy", tx), ("train_y.npy", ty), ("test_x.npy", ex), ("test_y.npy", ey)):
+                fpath = tmp / fname
+                with open(fpath, "wb") as f:
+                    np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+                files[fname] = {"sha256": sha256_file(fpath), "bytes": fpath.stat().st_size,
+                                "shape": list(arr.shape), "dtype": str(arr.dtype)}
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "name": name or path.name,
+                "kind": kind,
+                "splits": {"train": {"n": int(tx.shape[0]), "x_shape": list(tx.shape)},
+                           "test": {"n": int(ex.shape[0]), "x_shape": list(ex.shape)}},
+                "image_shape": list(tx.shape[1:]),
+                "classes": classes,
+                "num_classes": len(classes),
+                "source": source_json,
+                "files": files,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "ueperf_version": _ueperf_version(),
+                "libraries": _library_versions(),
+                "meta": meta_json,
+            }
+            # Manifest last: its presence is what makes a folder a store.
+            write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
+    except FileExistsError as e:  # another process finished the same store first
+        raise DataError(f"{path} was created by another process while this one was writing it; "
+                        f"open it with open_store, or delete it and retry") from e
     return open_store(path, verify=False)
 
 

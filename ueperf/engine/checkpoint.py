@@ -8,27 +8,17 @@ functions of (seed, e) only. Files are loaded with ``weights_only=True`` (no cod
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
 from ..errors import UeperfError
+from ..files import torch_save_atomic
 
 
 def save_checkpoint(path: os.PathLike, state: Dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    torch_save_atomic(path, state)
 
 
 def load_checkpoint(path: os.PathLike) -> Dict[str, Any]:

@@ -32,15 +32,14 @@ import torch.nn.functional as F
 
 from .. import __version__
 from .. import parallel
-from ..config import RunConfig, from_dict, to_dict
+from ..config import RESULT_FREE_KEYS, RunConfig, from_dict, to_dict
 from ..errors import ConfigError, TrainingDiverged, UeperfError, require
-from ..reports.records import RecordWriter, write_json_atomic
+from ..files import write_json_atomic
+from ..reports.records import RecordWriter
 from .checkpoint import load_checkpoint, save_checkpoint
 from .hooks import TrainHook
 from .schedule import lr_factor
 
-# Keys whose change does not alter the numbers of a run (a resume may differ in these).
-_RESUME_FREE_KEYS = {"train.progress", "train.log_every", "train.threads", "out_dir", "train.compile"}
 
 
 # ───────────────────────────────────────────── helpers ──
@@ -78,8 +77,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def config_diff(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
-    """``key: saved vs now`` for every dotted key whose value differs, except the keys that do not
-    change a run's numbers (progress bars, threads, output folder, compile)."""
+    """``key: saved vs now`` for every dotted key whose value differs, except the keys that say how
+    a run executes rather than what it computes (:data:`ueperf.config.RESULT_FREE_KEYS`)."""
     out = []
     for k in sorted(set(a) | set(b)):
         key = f"{prefix}{k}"
@@ -87,7 +86,7 @@ def config_diff(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_diff(va, vb, key + ".")
         elif (list(va) if isinstance(va, (list, tuple)) else va) != (list(vb) if isinstance(vb, (list, tuple)) else vb):
-            if key not in _RESUME_FREE_KEYS:
+            if key not in RESULT_FREE_KEYS:
                 out.append(f"{key}: {va!r} (saved) vs {vb!r} (now)")
     return out
 

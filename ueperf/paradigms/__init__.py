@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, List, Set
 
+from ..config import set_default
 from ..engine.hooks import TrainHook
 from ..errors import ConfigError
 from ..registry import Registry
@@ -59,10 +60,9 @@ class Paradigm:
     body_mult = BODY_LR_MULT
 
     def configure(self, cfg: Any, user: Set[str]) -> None:
-        from ..countermeasures import default
         if self.pretrained:
-            default(cfg, user, "train.epochs", EPOCHS)
-            default(cfg, user, "optim.lr", 0.1)
+            set_default(cfg, user, "train.epochs", EPOCHS)
+            set_default(cfg, user, "optim.lr", 0.1)
 
     def check(self, cfg: Any) -> None:
         if self.pretrained and not cfg.model.pretrained:

@@ -121,7 +121,7 @@ def protection_key(method: str, cfg: Any, ratio: float, seed: int, clean: Store,
            "clean_hashes": {f: e["sha256"] for f, e in sorted(clean.manifest["files"].items())}}
     prior = getattr(cfg, "prior", "")
     if prior and Path(prior).expanduser().is_file():  # a checkpoint rewritten in place is another prior
-        from ..data.store import sha256_file
+        from ..files import sha256_file
         doc["prior_sha256"] = sha256_file(Path(prior).expanduser())
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest(), doc
 

@@ -29,16 +29,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import parallel
-from ..config import RunConfig, apply_overrides, to_dict
+from ..config import RunConfig, apply_overrides, result_keys, to_dict
 from ..data.store import Store, open_store
 from ..errors import ConfigError
 
 DEFAULT_CACHE_DIR = "~/.cache/ueperf"
 KEY_VERSION = 1  # bump when the training recipe changes in a way the config does not show
-# RunConfig keys that do not change the trained weights (left out of the cache key).
-_KEY_FREE = {"name", "out_dir", "recipe"}
-_KEY_FREE_TRAIN = {"progress", "log_every", "device", "threads", "compile", "eval_every",
-                   "checkpoint_every", "eval_batch_size"}
 
 
 # ───────────────────────────────────────────── config + key ──
@@ -69,12 +65,9 @@ def surrogate_config(store: Store, *, model: str = "resnet18", width: float = 1.
 
 def surrogate_key(cfg: RunConfig, store: Store) -> Tuple[str, Dict[str, Any]]:
     """(hex sha256, the JSON document it hashes) identifying a surrogate."""
-    d = to_dict(cfg)
-    for k in _KEY_FREE:
-        d.pop(k, None)
-    d.pop("data", None)        # the store path: replaced by the store's content hashes below
-    d.pop("parallel", None)
-    d["train"] = {k: v for k, v in d["train"].items() if k not in _KEY_FREE_TRAIN}
+    # The config minus what does not change the weights (ueperf.config.RESULT_FREE_KEYS) and minus
+    # the data keys: the store path is replaced by the store's content hashes below.
+    d = {k: v for k, v in result_keys(cfg).items() if not k.startswith("data.")}
     doc = {"key_version": KEY_VERSION, "config": d,
            "clean_hashes": {f: e["sha256"] for f, e in sorted(store.manifest["files"].items())}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest(), doc
@@ -139,7 +132,7 @@ def _train_into(final: Path, cfg: RunConfig, doc: Dict[str, Any], key: str, dist
     publish model.pt + surrogate.json and rename the folder to ``final`` (rank 0)."""
     from ..engine.checkpoint import load_checkpoint
     from ..engine.trainer import train
-    from ..reports.records import write_json_atomic
+    from ..files import torch_save_atomic, write_json_atomic
     partial = final.parent / f".{final.name}.partial"
     cfg.out_dir, cfg.name = str(final.parent), partial.name
     resume = False
@@ -158,9 +151,7 @@ def _train_into(final: Path, cfg: RunConfig, doc: Dict[str, Any], key: str, dist
     summary = train(cfg, resume=resume, run_dir=partial)
     if dist.is_main:
         state = load_checkpoint(partial / "checkpoint.pt")["trainer"]["model"]
-        tmp = partial / ".model.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, partial / "model.pt")
+        torch_save_atomic(partial / "model.pt", state)
         write_json_atomic(partial / "surrogate.json", {
             "key": key, "key_doc": doc, "config": to_dict(cfg), "model": cfg.model.name,
             "width": cfg.model.width, "epochs": cfg.train.epochs, "seed": cfg.train.seed,

@@ -83,15 +83,8 @@ def save_grid(clean_u8: np.ndarray, prot_u8: np.ndarray, path: os.PathLike, n: i
     sub = f"max |x'−x| shown = {peak:.0f}/255; grey = unchanged"
     fig.suptitle(f"{title}\n{sub}" if title else sub, fontsize=9)
     fig.tight_layout()
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from .plots import _save
+    _save(fig, plt, path, dpi=100)
     return amp
 
 

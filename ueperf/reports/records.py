@@ -1,4 +1,4 @@
-"""Per-epoch run records as JSON lines, and atomic JSON writes.
+"""Per-epoch run records as JSON lines.
 
 One line per epoch: ``{"epoch": e, "train_loss": ..., "test_acc": ..., ...}``. Appends are
 flushed and fsynced so an interrupted run keeps every completed epoch; on resume the file is cut
@@ -7,38 +7,11 @@ back to the epochs the checkpoint covers, so resumed and uninterrupted runs writ
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf; keep them visible as strings
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
-def write_json_atomic(path: os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temp file + rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(obj), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from ..files import json_safe, write_text_atomic
 
 
 def read_records(path: os.PathLike) -> List[Dict[str, Any]]:
@@ -68,14 +41,10 @@ class RecordWriter:
 
     def truncate_to(self, keep: List[Dict[str, Any]]) -> None:
         """Rewrite the file with exactly ``keep`` (used when resuming)."""
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
-            for r in keep:
-                f.write(json.dumps(_clean(r)) + "\n")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(json_safe(r)) + "\n" for r in keep))
 
     def append(self, record: Dict[str, Any]) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(_clean(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
             f.flush()
             os.fsync(f.fileno())

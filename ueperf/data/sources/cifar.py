@@ -16,9 +16,7 @@ anything else is a :class:`DataError` and nothing in it is executed.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import pickle
 import posixpath
 import tarfile
@@ -29,6 +27,7 @@ import numpy as np
 
 from ...config import DataConfig
 from ...errors import DataError
+from ...files import atomic_write, file_digest
 from . import RawData, finalize, register_source, resolve_root
 
 _SPECS: Dict[str, Dict[str, Any]] = {
@@ -146,42 +145,32 @@ def _parse_batch(d: Any, what: str, label_key: str, num_classes: int) -> Tuple[n
 
 
 # ───────────────────────────────────────────── file access ──
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download(url: str, dest: Path, md5: str) -> Path:
-    """Download ``url`` to ``dest`` (via a ``.part`` file) and check its md5."""
+    """Download ``url`` to ``dest`` (atomically: a temp sibling, renamed once its md5 checks)."""
     import urllib.error
     import urllib.request
 
     from tqdm.auto import tqdm
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f"{dest.name}.part-{os.getpid()}")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
-                      disable=None, leave=False) as bar:
-                for chunk in iter(lambda: r.read(1 << 20), b""):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        part.unlink(missing_ok=True)
-        raise DataError(f"could not download {url} ({e}). Without network access, download it "
-                        f"on another machine and put it at {dest} (or set data.root to the archive "
-                        f"or to the extracted folder).") from None
-    got = _md5(part)
-    if got != md5:
-        part.unlink(missing_ok=True)
-        raise DataError(f"downloaded {url} but its md5 is {got}, expected {md5} (corrupt or changed "
-                        f"download); try again, or put the official archive at {dest}.")
-    os.replace(part, dest)
-    return dest
+
+    def fetch(part: Path) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+                total = int(r.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
+                          disable=None, leave=False) as bar:
+                    for chunk in iter(lambda: r.read(1 << 20), b""):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise DataError(f"could not download {url} ({e}). Without network access, download it "
+                            f"on another machine and put it at {dest} (or set data.root to the archive "
+                            f"or to the extracted folder).") from None
+        got = file_digest(part, "md5")
+        if got != md5:
+            raise DataError(f"downloaded {url} but its md5 is {got}, expected {md5} (corrupt or changed "
+                            f"download); try again, or put the official archive at {dest}.")
+
+    return atomic_write(dest, fetch)
 
 
 def _read_tar(path: Path, names: List[str]) -> Dict[str, bytes]:
