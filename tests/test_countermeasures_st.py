@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ueperf.countermeasures import COUNTERMEASURES, build_hooks, parse
-from ueperf.countermeasures.st import STHook, multipliers
+from ueperf.countermeasures.st import multipliers
 from ueperf.engine.hooks import TrainHook
 from ueperf.engine.trainer import Trainer, train
 from ueperf.errors import ConfigError

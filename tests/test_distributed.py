@@ -3,7 +3,6 @@ disjoint shard of the same epoch permutation, together covering what one process
 weights stay synchronised. DeepSpeed (ZeRO-1/2) is run the same way when it is installed."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

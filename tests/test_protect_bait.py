@@ -29,7 +29,7 @@ from ueperf.models import build_model
 from ueperf.protections import PROTECTIONS
 from ueperf.protections import bait as bait_mod
 from ueperf.protections.bait import BAIT, BAITConfig, build_from_prior
-from ueperf.protections.base import measure
+from ueperf.data.budget import measure
 
 from margins import GATE_SEED
 from prior_methods import Exchange, generate

@@ -14,7 +14,8 @@ from ueperf.config import DataConfig
 from ueperf.errors import ConfigError
 from ueperf.protections import PROTECTIONS
 from ueperf.protections import em as em_mod
-from ueperf.protections.base import ProtectContext, apply, measure
+from ueperf.data.budget import measure
+from ueperf.protections.base import ProtectContext, apply
 
 EPS = 8 / 255
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from ueperf.errors import ConfigError
 from ueperf.kernels import ar as ar_kernels
 from ueperf.protections import PROTECTIONS
-from ueperf.protections.base import ProtectContext, apply, bound_slack, measure
+from ueperf.data.budget import measure, size_limit
+from ueperf.protections.base import ProtectContext, apply
 
 CPU = torch.device("cpu")
 
@@ -47,7 +48,7 @@ def _check_budget(x, y, pert):
     """The store's bound check (what the runner applies before writing)."""
     xp = apply(x.numpy(), y.numpy(), pert)
     size = measure(x.numpy(), xp, pert.norm)
-    assert size["size"] <= bound_slack(pert.norm, pert.eps, int(np.prod(x.shape[1:]))) + 1e-9, size
+    assert size["size"] <= size_limit(pert.norm, pert.eps, int(np.prod(x.shape[1:]))) + 1e-9, size
     return xp
 
 

@@ -27,7 +27,8 @@ from ueperf.errors import ConfigError
 from ueperf.kernels.augment import augment_ref
 from ueperf.protections import PROTECTIONS
 from ueperf.protections.aep import AEP, AEPConfig
-from ueperf.protections.base import ProtectContext, apply, bound_slack, measure
+from ueperf.data.budget import measure, size_limit
+from ueperf.protections.base import ProtectContext, apply
 from ueperf.protections.hypo import HYPO, HYPOConfig
 from ueperf.protections.runner import resolve_config
 from ueperf.protections.surrogate import make_surrogate_fn
@@ -97,7 +98,7 @@ def rates(env, x_u8, y, t=None):
 
 def check_bound(pert, x, xp):
     size = measure(x, xp, pert.norm)
-    assert size["size"] <= bound_slack(pert.norm, pert.eps, 32 * 32 * 3) + 1e-9, size
+    assert size["size"] <= size_limit(pert.norm, pert.eps, 32 * 32 * 3) + 1e-9, size
     return size
 
 

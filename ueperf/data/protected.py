@@ -24,16 +24,13 @@ wrong and where:
 
 Corrupt or truncated array files are caught before all this by ``open_store``'s hash check.
 
-The size limit repeats ``ueperf.protections.base.bound_slack`` on purpose: the data layer must not
-import a method package (ARCHITECTURE §1, tests/test_layering.py), and it needs per-image sizes
-(to name the worst image) where ``measure`` gives only set-wide maxima. A test checks that the
-two agree.
+The bound and the sizes are :mod:`ueperf.data.budget`'s, the same the protection runner checks
+when it writes the store.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
-import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -41,56 +38,13 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from ..errors import DataError
+from .budget import per_sample_size, size_limit
 from .store import SPLITS, Store, is_store, open_store, write_store
 
 PathLike = Union[str, os.PathLike]
 ARRAY_FILES = tuple(f"{s}_{p}.npy" for s in SPLITS for p in ("x", "y"))
 # Manifest meta keys a protected store must carry for verify_protected to do its checks.
 REQUIRED_META = ("method", "eps", "norm", "ratio", "seed", "clean_source", "clean_hashes", "protected_idx")
-NORMS = ("linf", "l2", "l0")
-_CHUNK = 4096  # images per chunk when measuring: 4096·3072 int16 = 25 MB of temporaries
-
-
-# ───────────────────────────────────────────── budget ──
-def size_limit(norm: str, eps: float, image_numel: int) -> float:
-    """Largest per-image size a protected image may have after uint8 quantisation.
-
-    linf: ceil(255 ε) grey levels (ARCHITECTURE §2); l2: 255 ε + ½·√d grey levels (rounding adds
-    at most ½ level to each of the d entries); l0: ε changed pixels. Same as
-    ``ueperf.protections.base.bound_slack`` (see the module docstring for why it is repeated).
-    """
-    if norm == "linf":
-        return float(math.ceil(255 * eps - 1e-9))
-    if norm == "l2":
-        return 255 * eps + 0.5 * math.sqrt(image_numel)
-    if norm == "l0":
-        return float(eps)
-    raise DataError(f"norm={norm!r} in a protected store's manifest: expected one of {NORMS}")
-
-
-def per_sample_size(x_clean: np.ndarray, x_prot: np.ndarray, norm: str, *, chunk: int = _CHUNK) -> np.ndarray:
-    """Per-image perturbation size of a protected set: (N,) float64.
-
-    x_clean, x_prot: (N, H, W, 3) uint8 (memmaps are read in chunks). linf: max |x'−x| in grey
-    levels; l2: ‖x'−x‖₂ in grey levels; l0: number of pixels with any channel changed.
-    """
-    if x_clean.shape != x_prot.shape:
-        raise DataError(f"protected images are {x_prot.shape} but the clean ones are {x_clean.shape}")
-    n = x_clean.shape[0]
-    out = np.zeros(n, dtype=np.float64)
-    for s in range(0, n, chunk):
-        a = np.asarray(x_clean[s:s + chunk], dtype=np.int16)
-        d = np.abs(np.asarray(x_prot[s:s + chunk], dtype=np.int16) - a)
-        flat = d.reshape(d.shape[0], -1)
-        if norm == "linf":
-            out[s:s + chunk] = flat.max(axis=1) if flat.shape[1] else 0
-        elif norm == "l2":
-            out[s:s + chunk] = np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
-        elif norm == "l0":
-            out[s:s + chunk] = (d.max(axis=3) > 0).reshape(d.shape[0], -1).sum(axis=1)
-        else:
-            raise DataError(f"norm={norm!r}: expected one of {NORMS}")
-    return out
 
 
 # ───────────────────────────────────────────── indices ──
@@ -292,5 +246,5 @@ def protected_indices(store: Store) -> Optional[np.ndarray]:
     return decode_indices(store.manifest.get("meta", {}).get("protected_idx"), len(store.train))
 
 
-__all__ = ["size_limit", "per_sample_size", "encode_indices", "decode_indices", "write_protected",
+__all__ = ["encode_indices", "decode_indices", "write_protected",
            "find_clean", "verify_protected", "open_protected", "open_any", "protected_indices"]

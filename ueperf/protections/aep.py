@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..kernels.augment import augment_ref, sample_params
 from ..kernels.pgd import project
 from . import PROTECTIONS
-from .base import Perturbation, ProtectContext, Protection
+from .base import Perturbation, ProtectContext, Protection, quantise
 
 INITS = ("randn", "uniform", "zero")
 PGD_NORMS = ("linf", "l2")
@@ -101,11 +101,6 @@ def crop_flip_eot(padding: int, flip: bool) -> Callable[[torch.Tensor, Optional[
         p = sample_params(n, h, w, padding=padding, flip=flip, generator=generator, device=x.device)
         return augment_ref(x, p)
     return aug
-
-
-def quantise(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """The published image in [0, 1]: round(255·clip(x + δ, 0, 1))/255, as ``base.apply`` writes it."""
-    return (x + delta).clamp(0, 1).mul(255).round().div(255)
 
 
 def craft_against_surrogate(

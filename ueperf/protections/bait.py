@@ -88,8 +88,7 @@ from ..engine.pgd import pgd, random_start
 from ..errors import ConfigError, ModelError
 from ..kernels.augment import augment_ref, sample_params
 from . import PROTECTIONS
-from .aep import quantise
-from .base import Perturbation, ProtectContext, Protection, to_model
+from .base import Perturbation, ProtectContext, Protection, quantise, to_model
 from .em import (Frozen, autocast, autocast_dtype, check_common, eot_augment, progress_bar, sgd_step, sync_model,
                  to_float)
 

@@ -8,16 +8,15 @@ Conventions (ARCHITECTURE §2):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
 
+from ..data.budget import NORMS
 from ..errors import ConfigError, DataError
 
-NORMS = ("linf", "l2", "l0")
 GRANULARITIES = ("sample", "class")
 
 
@@ -76,6 +75,17 @@ def select_indices(n: int, ratio: float, seed: int) -> Optional[np.ndarray]:
     return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
 
 
+def _grey_levels(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """round(255·clip(x + δ, 0, 1)) as floats: the published image's grey levels."""
+    return (x + delta).clamp(0, 1).mul(255).round()
+
+
+def quantise(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """The published image in [0, 1] (float): round(255·clip(x + δ, 0, 1))/255, the pixels
+    :func:`apply` writes — for methods that measure their effect on what will be published."""
+    return _grey_levels(x, delta).div(255)
+
+
 def apply(x_u8: np.ndarray, y: np.ndarray, pert: Perturbation, *, chunk: int = 8192) -> np.ndarray:
     """The ONE place δ meets the images: x' = round(255·clip(x/255 + δ, 0, 1)) as uint8.
 
@@ -96,43 +106,9 @@ def apply(x_u8: np.ndarray, y: np.ndarray, pert: Perturbation, *, chunk: int = 8
         it = torch.from_numpy(ii).to(dev)
         xb = torch.from_numpy(np.ascontiguousarray(x_u8[ii])).to(dev).float().div_(255)
         d = pert.for_samples(it, torch.from_numpy(np.asarray(y)[ii]).to(dev)).float()
-        xp = (xb + d).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+        xp = _grey_levels(xb, d).to(torch.uint8)
         out[ii] = xp.cpu().numpy()
     return out
-
-
-def bound_slack(norm: str, eps: float, image_numel: int) -> float:
-    """The measured-size limit a protected image may reach after uint8 quantisation.
-
-    linf: ceil(255 ε) grey levels (ARCHITECTURE §2); l2: ε·255 + ½·√d grey levels (rounding can
-    add at most ½ level per entry); l0: ε changed pixels.
-    """
-    if norm == "linf":
-        return float(math.ceil(255 * eps - 1e-9))
-    if norm == "l2":
-        return 255 * eps + 0.5 * math.sqrt(image_numel)
-    return float(eps)
-
-
-def measure(x_clean: np.ndarray, x_prot: np.ndarray, norm: str, *, chunk: int = 8192) -> Dict[str, float]:
-    """Perturbation size of a protected set, in grey levels (uint8 units) except ``l0`` (pixels).
-
-    Returns max and mean |x'−x| over all entries, the max per-image L2 (grey levels), and the max
-    per-image count of changed pixels; ``size`` is the one compared with :func:`bound_slack`.
-    """
-    mx, tot, cnt, l2max, l0max = 0, 0.0, 0, 0.0, 0
-    for s in range(0, x_clean.shape[0], chunk):
-        a = np.asarray(x_clean[s:s + chunk], dtype=np.int16)
-        b = np.asarray(x_prot[s:s + chunk], dtype=np.int16)
-        d = np.abs(b - a)
-        if d.size:
-            mx = max(mx, int(d.max()))
-            tot += float(d.sum(dtype=np.float64))
-            cnt += d.size
-            l2max = max(l2max, float(np.sqrt((d.reshape(d.shape[0], -1).astype(np.float64) ** 2).sum(1)).max()))
-            l0max = max(l0max, int((d.max(axis=3) > 0).reshape(d.shape[0], -1).sum(1).max()))
-    size = {"linf": float(mx), "l2": l2max, "l0": float(l0max)}[norm]
-    return {"max_abs": mx, "mean_abs": tot / max(cnt, 1), "max_l2": l2max, "max_l0": l0max, "size": size}
 
 
 @dataclass

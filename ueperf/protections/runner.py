@@ -6,7 +6,7 @@
       ─▶ ProtectContext (clean x/y on the device, shard, gather/broadcast, surrogate, log, seed)
       ─▶ method.generate(ctx) -> Perturbation                              craft()
       ─▶ partial protection: indices = select_indices(ratio, seed)
-      ─▶ apply (rank 0) ─▶ measure, check against bound_slack (a violation is a bug: raise)
+      ─▶ apply (rank 0) ─▶ measure, check against size_limit (a violation is a bug: raise)
       ─▶ write_protected (atomic store, manifest) ─▶ grid.png               finalize()
 
 :func:`generate_protected` does both. The output path defaults to
@@ -43,7 +43,8 @@ from ..data.protected import open_protected, write_protected
 from ..data.store import Store, is_store, open_store
 from ..errors import ConfigError, DataError
 from . import PROTECTIONS
-from .base import GRANULARITIES, NORMS, Perturbation, ProtectContext, apply, bound_slack, select_indices
+from ..data.budget import NORMS, measure, size_limit
+from .base import GRANULARITIES, Perturbation, ProtectContext, apply, select_indices
 from .surrogate import DEFAULT_CACHE_DIR, make_surrogate_fn
 
 KEY_VERSION = 1      # bump when the meaning of a config changes without its fields changing
@@ -319,36 +320,6 @@ def finalize(crafted: Crafted, clean: Union[Store, str, os.PathLike], *, ratio: 
     return open_store(path, verify=False)
 
 
-def measure_fast(x_clean: np.ndarray, x_prot: np.ndarray, norm: str, *, device: Union[str, torch.device] = "cpu",
-                 chunk: int = 8192) -> Dict[str, float]:
-    """:func:`~ueperf.protections.base.measure` computed with torch on ``device`` in integer
-    arithmetic: the same numbers (bit for bit: sums of squared grey levels are exact in int32, at
-    most 3072·255² per 32×32 image), several times faster than the numpy version on a 50,000-image
-    set, so the size check does not dominate a fast generation."""
-    dev = torch.device(device)
-    n = x_clean.shape[0]
-    mx = torch.zeros((), dtype=torch.int32, device=dev)
-    tot = torch.zeros((), dtype=torch.int64, device=dev)
-    l2 = torch.zeros((), dtype=torch.int64, device=dev)
-    l0 = torch.zeros((), dtype=torch.int64, device=dev)
-    for s in range(0, n, chunk):
-        # np.array: an owned copy of the (read-only, memory-mapped) rows, as torch requires
-        a = torch.from_numpy(np.array(x_clean[s:s + chunk])).to(dev).to(torch.int16)
-        b = torch.from_numpy(np.array(x_prot[s:s + chunk])).to(dev).to(torch.int16)
-        d = b.sub_(a).abs_()
-        if d.numel():
-            mx = torch.maximum(mx, d.max().to(torch.int32))
-            tot += d.sum(dtype=torch.int64)
-            d32 = d.to(torch.int32)
-            l2 = torch.maximum(l2, d32.mul_(d32).flatten(1).sum(1, dtype=torch.int64).max())
-            l0 = torch.maximum(l0, (d.amax(dim=3) > 0).flatten(1).sum(1).max())
-    cnt = int(np.prod(x_clean.shape))
-    l2max = math.sqrt(int(l2))
-    out = {"max_abs": int(mx), "mean_abs": int(tot) / max(cnt, 1), "max_l2": l2max, "max_l0": int(l0)}
-    out["size"] = {"linf": float(out["max_abs"]), "l2": l2max, "l0": float(out["max_l0"])}[norm]
-    return out
-
-
 def _write(crafted: Crafted, pert: Perturbation, store: Store, path: Path, key: str, doc: Dict[str, Any],
            ratio: float, overwrite: bool, grid: bool, progress: bool) -> Store:
     cfg = crafted.cfg
@@ -357,8 +328,8 @@ def _write(crafted: Crafted, pert: Perturbation, store: Store, path: Path, key: 
                         f"choose another output (--out)")
     t0 = time.perf_counter()
     x_prot = apply(store.train.x, store.train.y, pert)
-    size = measure_fast(store.train.x, x_prot, pert.norm, device=pert.delta.device)
-    limit = bound_slack(pert.norm, pert.eps, int(np.prod(store.image_shape)))
+    size = measure(store.train.x, x_prot, pert.norm, device=pert.delta.device)
+    limit = size_limit(pert.norm, pert.eps, int(np.prod(store.image_shape)))
     if size["size"] > limit + 1e-9:
         raise RuntimeError(f"bug in protection {crafted.method!r}: its images change by {size['size']:.3g} "
                            f"({pert.norm}, grey levels/pixels) but ε={pert.eps:.6g} allows {limit:.3g}; "
@@ -442,5 +413,5 @@ def generate_protected(method: str, clean_store: Union[Store, str, os.PathLike],
                     progress=progress and dist.is_main)
 
 
-__all__ = ["resolve_config", "check_config", "measure_fast", "protection_key", "default_out", "open_clean", "craft",
+__all__ = ["resolve_config", "check_config", "protection_key", "default_out", "open_clean", "craft",
            "finalize", "generate_protected", "Crafted"]

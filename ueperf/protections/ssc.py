@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from . import PROTECTIONS
 from .bait import PRIOR_HELP, apply_paradigm, build_from_prior
-from .base import Perturbation, ProtectContext, Protection, to_model
+from .base import Perturbation, ProtectContext, Protection, quantise, to_model
 from .em import (BatchStream, Frozen, accuracy, agree, autocast, check_common, end_round, model_step,
                  progress_bar, sample_wise_rounds, sync_model, to_float)
 
@@ -425,7 +425,6 @@ class SSC(Protection):
                      granularity: str) -> Dict:
         """Surrogate accuracy (clean / published) and the camouflage of the published images vs
         uniform random noise of the same ε, on up to ``eval_batch_size`` images."""
-        from .aep import quantise
         x_u8, y = ctx.x, ctx.y
         n = int(x_u8.shape[0])
         every = torch.arange(n, device=ctx.device)
