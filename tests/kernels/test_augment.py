@@ -238,6 +238,13 @@ def test_sample_params_deterministic_and_seed_sensitive():
     assert torch.equal(a.offset, d.offset) and torch.equal(a.flip, d.flip)
 
 
+def test_crop_and_flip_alone_change_no_colour():
+    """Without CG arguments a draw only crops and flips (a gray_p default of 0.2 once grayed a fifth
+    of AEP's and BAIT's EOT images)."""
+    p = sample_params(4000, 8, 8, padding=2, generator=torch.Generator().manual_seed(0))
+    assert not p.gray.any() and not p.jitter_on.any() and p.flip.any() and (p.offset != 2).any()
+
+
 def test_sample_params_disabled_parts_are_identity():
     p = sample_params(50, 8, 8, padding=0, flip=False, jitter=None, gray_p=0.0,
                       generator=torch.Generator().manual_seed(0))

@@ -144,7 +144,7 @@ def sample_params(
     flip: bool = True,
     jitter: Optional[Sequence[float]] = None,
     jitter_p: float = 0.8,
-    gray_p: float = 0.2,
+    gray_p: float = 0.0,
     generator: Optional[torch.Generator] = None,
     device=None,
 ) -> AugmentParams:
@@ -159,6 +159,12 @@ def sample_params(
       b ~ U[max(0, 1-B), 1+B], c ~ U[max(0, 1-C), 1+C], s ~ U[max(0, 1-S), 1+S],
       h ~ U[-H, H] (turns). A strength of 0 gives the exact identity factor (1, or 0 for hue);
     - gray ~ Bernoulli(gray_p).
+
+    Colour changes are opt-in: without ``jitter`` and ``gray_p`` a batch is only cropped and
+    flipped (CG of spec §3.4 is ``jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2``, what
+    :class:`Augmenter` passes when ``augment.cg`` is on). Until 2026-12 ``gray_p`` defaulted to 0.2,
+    so callers that asked for crop + flip alone (AEP's ``paugment``, BAIT's ``outer_eot``) also
+    grayed a fifth of their images.
 
     ``height``/``width`` do not change the distribution (offsets are relative to the padded
     image) but are validated so a wrong call fails here rather than in the kernel.

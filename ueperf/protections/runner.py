@@ -47,7 +47,8 @@ from ..data.budget import NORMS, measure, size_limit
 from .base import GRANULARITIES, Perturbation, ProtectContext, apply, select_indices
 from .surrogate import DEFAULT_CACHE_DIR, make_surrogate_fn
 
-KEY_VERSION = 1      # bump when the meaning of a config changes without its fields changing
+KEY_VERSION = 2      # bump when the meaning of a config changes without its fields changing
+                     # (2: AEP paugment / BAIT outer_eot no longer gray a fifth of their EOT images)
 LOG_KEEP = 200       # ctx.log entries kept in the manifest (the last ones)
 _LOG_MEMORY = 10000  # entries held in memory during a run
 
