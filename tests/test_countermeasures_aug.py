@@ -1,5 +1,5 @@
 """Augmentation-type countermeasures (spec §3.2-§3.4): UEraser, ISS and the counter-overfitting
-augmentations, and the ops behind them (:mod:`ueperf.data.augment_ops`).
+augmentations, and the ops behind them (:mod:`ueperf.augment.policies`, :mod:`ueperf.augment.squeeze`).
 
 Each op is checked against its definition on small tensors (the plasma step against kornia's
 convolution form, equalize against torchvision's per-channel loop, PIL for grayscale and JPEG);
@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ueperf.countermeasures import COUNTERMEASURES, build_hooks
-from ueperf.data import augment_ops as A
+from ueperf.augment import policies as A
+from ueperf.augment import squeeze as S
 from ueperf.engine.trainer import Trainer, train
 from ueperf.errors import ConfigError
 from ueperf.recipes import build
@@ -52,7 +53,7 @@ def test_grayscale_is_601_luma_and_u8_matches_pil():
     for c in range(3):
         assert torch.allclose(g[:, c], luma, atol=1e-6)
     u8 = np.random.default_rng(0).integers(0, 256, (5, 9, 7, 3), dtype=np.uint8)
-    out = A.grayscale_u8(u8)
+    out = S.grayscale_u8(u8)
     for i in range(5):
         pil = np.asarray(Image.fromarray(u8[i]).convert("L"))
         for c in range(3):
@@ -67,7 +68,7 @@ def test_posterize_keeps_the_top_bits():
         mask = (0xFF << (8 - b)) & 0xFF
         want = (levels.long() & mask).float() / 255
         assert torch.equal(A.posterize(x, b)[0, 0].flatten(), want)
-        assert np.array_equal(A.posterize_u8(u8, b)[0, ..., 0].ravel(), np.arange(256) & mask)
+        assert np.array_equal(S.posterize_u8(u8, b)[0, ..., 0].ravel(), np.arange(256) & mask)
     per = A.posterize(x.expand(2, 3, 16, 16), torch.tensor([2, 8]))      # per-sample bits
     assert torch.equal(per[0], A.posterize(x, 2)[0]) and torch.allclose(per[1], x[0], atol=1e-7)
 
@@ -325,22 +326,22 @@ def test_jpeg_round_trip():
     smooth = (127 + 100 * np.sin(xx[None, ..., None] / (3 + np.arange(6)[:, None, None, None]) + yy[None, ..., None] / 5
                                  + np.arange(3))).clip(0, 255)
     x = (smooth + rng.normal(0, 12, smooth.shape)).clip(0, 255).astype(np.uint8)
-    j = A.jpeg_u8(x, 10)
+    j = S.jpeg_u8(x, 10)
     assert j.shape == x.shape and j.dtype == np.uint8
     first = np.abs(j.astype(int) - x).mean()
-    again = np.abs(A.jpeg_u8(j, 10).astype(int) - j).mean()
+    again = np.abs(S.jpeg_u8(j, 10).astype(int) - j).mean()
     assert first > 3 and again < first / 2                           # changes, then nearly a fixed point
     buf = io.BytesIO()
     Image.fromarray(x[2]).save(buf, "JPEG", quality=10)
     assert np.array_equal(j[2], np.asarray(Image.open(buf).convert("RGB")))   # PIL, default settings
-    assert np.array_equal(A.jpeg_u8(x, 10, workers=3), j)
-    assert np.abs(A.jpeg_u8(x, 90).astype(int) - x).mean() < first
+    assert np.array_equal(S.jpeg_u8(x, 10, workers=3), j)
+    assert np.abs(S.jpeg_u8(x, 90).astype(int) - x).mean() < first
 
 
 # ═════════════════════════════════════════════ hooks ══
 def _fake_trainer(cfg, epoch=0):
     return SimpleNamespace(cfg=cfg, epoch=epoch, ctx=SimpleNamespace(device=torch.device("cpu"), rank=0),
-                           store=SimpleNamespace(num_classes=10))
+                           num_classes=10)
 
 
 def test_ueraser_max_loss_and_reproducible_draws():
@@ -371,7 +372,7 @@ def test_ueraser_jpeg_variants():
     """append: JPEG-10 of U(x) (the UEraser repo); prepend: JPEG at a per-image quality in
     {10..100} before U (APBench). The codec is PIL's, as ISS's jpeg_u8 (byte-identical)."""
     from ueperf.countermeasures.ueraser import _policy, ueraser_policy
-    from ueperf.data.augment_ops import jpeg_batch, jpeg_u8
+    from ueperf.augment.squeeze import jpeg_batch, jpeg_u8
     x = _grid_images(4, 16, 16)
     u8 = x.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     want = torch.from_numpy(jpeg_u8(u8, 10)).permute(0, 3, 1, 2).float() / 255
@@ -462,7 +463,7 @@ def test_iss_squeezes_training_images_only(cache, tmp_path):
     cfg = build("synthetic_smoke", [*SYNTH, f"data.cache_dir={cache}"], countermeasure="iss_gray")
     tr = Trainer(cfg, hooks=build_hooks(cfg), run_dir=tmp_path / "g").setup()
     try:
-        assert np.array_equal(tr.train_split.x, A.grayscale_u8(np.asarray(tr.store.train.x)))
+        assert np.array_equal(tr.train_split.x, S.grayscale_u8(np.asarray(tr.store.train.x)))
         assert not np.array_equal(tr.train_split.x, tr.store.train.x)
         assert tr.test_split is tr.store.test                        # the clean test set stays clean
         assert np.array_equal(tr.train_split.y, tr.store.train.y)

@@ -243,7 +243,7 @@ def test_at_batches_are_adversarial_within_the_budget(tmp_path):
     tr = Trainer(cfg, hooks=[]).setup()
     xb, yb, ib = next(iter(tr.train_loader))
     x = tr.augmenter(xb, out_dtype=torch.float32)
-    xa, ya = hook.on_batch(tr, x, yb, ib)
+    xa, ya = hook.on_batch(tr.view, x, yb, ib)
     assert xa.shape == x.shape and torch.equal(ya, yb)
     assert float((xa - x).abs().max()) <= cfg.at.eps + 1e-6 and float((xa - x).abs().max()) > cfg.at.eps / 2
     assert 0 <= float(xa.min()) and float(xa.max()) <= 1

@@ -4,7 +4,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ueperf.engine.pgd import pgd, random_start
-from ueperf.kernels.augment import Augmenter, augment_ref
+from ueperf.augment.pipeline import Augmenter
+from ueperf.kernels.augment import augment_ref
 
 
 def _model():

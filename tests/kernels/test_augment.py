@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from ueperf.errors import ConfigError
 from ueperf.kernels import _dispatch
+from ueperf.augment.pipeline import Augmenter
 from ueperf.kernels.augment import (
     AugmentParams,
-    Augmenter,
     augment,
     augment_ref,
     augment_triton,

@@ -17,7 +17,6 @@ import torch
 
 from ..engine.hooks import TrainHook
 from ..engine.pgd import pgd
-from ..engine.trainer import epoch_generator
 from ..errors import ConfigError
 from . import COUNTERMEASURES, Countermeasure
 
@@ -27,20 +26,16 @@ SALT_AT = 0xA7
 class AdversarialHook(TrainHook):
     def __init__(self, cfg: Any):
         self.c = cfg.at
-        self._gen_epoch = None
 
     def on_batch(self, tr, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
-        if self._gen_epoch != tr.epoch:  # the random starts of epoch e depend on (seed, e, rank) only
-            self.gen = epoch_generator(tr.ctx.device, tr.cfg.train.seed, tr.epoch, tr.ctx.rank, SALT_AT)
-            self._gen_epoch = tr.epoch
+        gen = self.epoch_stream(tr, SALT_AT)  # the random starts of epoch e depend on (seed, e, rank) only
         model = tr.model
         was = model.training
         model.eval()
         xn = x.float().permute(0, 2, 3, 1)  # NCHW channels-last → NHWC view, the PGD's layout
         try:
             delta = pgd(model, xn, y, eps=self.c.eps, alpha=self.c.alpha, steps=self.c.steps, norm=self.c.norm,
-                        sign=+1.0, start="random", generator=self.gen,
-                        autocast_dtype=torch.bfloat16 if tr.autocast else None)
+                        sign=+1.0, start="random", generator=gen, autocast_dtype=tr.autocast_dtype)
         finally:
             model.train(was)
         return (xn + delta).clamp_(0, 1).permute(0, 3, 1, 2).to(x.dtype), y

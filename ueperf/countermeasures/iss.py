@@ -2,7 +2,7 @@
 
 One deterministic compression of every **training** image, applied once before the loaders are
 built (and so before crop/flip, as the repo's ``aug_train``); the clean test images are never
-touched. On uint8 (N, H, W, 3) images, via :mod:`ueperf.data.augment_ops`:
+touched. On uint8 (N, H, W, 3) images, via :mod:`ueperf.augment.squeeze`:
 
 - ``iss_gray``: ``L = 0.299 R + 0.587 G + 0.114 B`` (PIL "L", bit-exact), replicated to 3
   channels — best against low-frequency / colour shortcuts (EM, REM, LSP);
@@ -22,7 +22,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from ..data.augment_ops import grayscale_u8, jpeg_u8, posterize_u8
+from ..augment.squeeze import grayscale_u8, jpeg_u8, posterize_u8
 from ..engine.hooks import TrainHook
 from ..errors import ConfigError
 from . import COUNTERMEASURES, Countermeasure

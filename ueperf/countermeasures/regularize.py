@@ -2,7 +2,7 @@
 ``cutmix``, ``randaugment``, ``trivialaugment``, ``autoaugment``, ``gaussian``.
 
 Each acts on the float training batch after crop/flip (and CG when on), through the ops of
-:mod:`ueperf.data.augment_ops`, with per-epoch random streams (``epoch_generator``: a resumed run
+:mod:`ueperf.augment.policies`, with per-epoch random streams (``TrainHook.epoch_stream``: a resumed run
 repeats them):
 
 ==============  ===========================================================================
@@ -28,10 +28,9 @@ from typing import Any, List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..data.augment_ops import (NUM_BINS, auto_augment, cutmix, cutout, gaussian_blur, mixup, rand_augment,
+from ..augment.policies import (NUM_BINS, auto_augment, cutmix, cutout, gaussian_blur, mixup, rand_augment,
                                 trivial_augment)
 from ..engine.hooks import TrainHook
-from ..engine.trainer import epoch_generator
 from ..errors import require
 from . import COUNTERMEASURES, Countermeasure
 
@@ -53,14 +52,10 @@ class BatchAugmentHook(TrainHook):
         self.name = name
         self.fn = fn
         self.soft_labels = soft_labels
-        self._gen_epoch: Optional[int] = None
-        self.gen = None
 
     def on_batch(self, tr, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
-        if self.name in SALTS and self._gen_epoch != tr.epoch:  # draws of epoch e: (seed, e, rank) only
-            self.gen = epoch_generator(tr.ctx.device, tr.cfg.train.seed, tr.epoch, tr.ctx.rank, SALTS[self.name])
-            self._gen_epoch = tr.epoch
-        out, y = self.fn(self, tr, x, y, self.gen)
+        gen = self.epoch_stream(tr, SALTS[self.name]) if self.name in SALTS else None  # (seed, epoch, rank)
+        out, y = self.fn(self, tr, x, y, gen)
         return out.to(x.dtype).contiguous(memory_format=torch.channels_last), y
 
     def loss(self, tr, logits: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
@@ -70,7 +65,7 @@ class BatchAugmentHook(TrainHook):
 
 
 def _num_classes(tr) -> int:
-    return int(tr.store.num_classes)
+    return int(tr.num_classes)
 
 
 class _RegBase(Countermeasure):

@@ -36,7 +36,6 @@ in-memory rollback cannot copy: ST refuses ``parallel.backend=deepspeed``.
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Dict, List, Optional
 
@@ -120,12 +119,11 @@ class STHook(TrainHook):
             self._start_finetune(tr, fresh=False)
 
     def _snapshot(self, tr) -> Dict[str, Any]:
-        return copy.deepcopy(tr.wrapped.state_dict())
+        return tr.snapshot()
 
     def _acm(self, tr, keep_points: bool = False) -> Dict[str, Any]:
-        dtype = torch.bfloat16 if tr.autocast else None
-        feats = extract_features(tr.model, self.dv_x, lambda x: tr.augmenter.eval_transform(x, out_dtype=tr.input_dtype),
-                                 self.a.batch_size, autocast_dtype=dtype)
+        feats = extract_features(tr.model, self.dv_x, tr.eval_transform, self.a.batch_size,
+                                 autocast_dtype=tr.autocast_dtype)
         out = timed_acm(feats, self.dv_y, backend=self.a.backend, reduce=self.a.reduce, variant=self.a.variant,
                         perplexity=self.a.perplexity, seed=tr.cfg.train.seed)
         t = torch.tensor([out["acm"]], dtype=torch.float64, device=tr.ctx.device)
@@ -161,8 +159,8 @@ class STHook(TrainHook):
         """ST-Full step 2: every group ST froze trainable again at multiplier 1 (× base), fresh
         momentum, CG on (a paradigm's frozen groups stay frozen)."""
         if fresh:
-            tr.wrapped.load_state_dict(self.state["snapshot"])   # start from the model ST returns
-            tr.wrapped.optimizer.state.clear()                  # a new SGD: no momentum carried over
+            tr.restore(self.state["snapshot"])                  # start from the model ST returns
+            tr.reset_momentum()                                 # a new SGD: no momentum carried over
             self.state["finetuning"] = True
         for g in tr.param_groups:
             tr.model.set_group_trainable(g["index"], True)
@@ -191,7 +189,7 @@ class STHook(TrainHook):
         test_keys = [k for k in ("test_acc", "test_loss") if k in rec]
         if reject:
             st["c"] += 1
-            tr.wrapped.load_state_dict(st["snapshot"])          # rollback: weights, momentum, BN stats
+            tr.restore(st["snapshot"])                          # rollback: weights, momentum, BN stats
             st["v"] = multipliers(st["c"], self.L, self.s.alpha, self.s.multiplier, self.s.v_min)
             self._apply_v(tr)
             if test_keys:  # report the model ST would return, keep the rejected one's for the plots

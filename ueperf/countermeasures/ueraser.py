@@ -1,7 +1,7 @@
 """UEraser (Qin et al., ICCV-W AROW 2023; spec §3.2): ``ueraser_lite``, ``ueraser``, ``ueraser_max``.
 
 Augmentation policy U, per image, after the crop/flip of the standard recipe (lafeat/ueraser
-``ueraser.py``, kornia ops rebuilt in :mod:`ueperf.data.augment_ops`):
+``ueraser.py``, kornia ops rebuilt in :mod:`ueperf.augment.policies`):
 
     x ← PlasmaBrightness(roughness U[0.3, 0.7], intensity U[0.5, 1.0], p = ueraser.plasma_p)
     x ← PlasmaContrast(roughness U[0.3, 0.7], p = ueraser.plasma_p)
@@ -22,7 +22,7 @@ epoch with R > 1 is R forward/backward passes per image. Each epoch record carri
 JPEG variant (``ueraser.jpeg``): ``append`` = JPEG at ``ueraser.jpeg_quality`` (10) after U (the
 UEraser repo); ``prepend`` = JPEG at a quality drawn per image from {10..100} before U (APBench,
 used for AR/TAP poisons). Training needs no gradient through it, so it is the plain codec
-(:func:`ueperf.data.augment_ops.jpeg_batch`: a host round trip per batch).
+(:func:`ueperf.augment.squeeze.jpeg_batch`: a host round trip per batch).
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ from typing import Any, List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..data.augment_ops import channel_shuffle, jpeg_batch, plasma_brightness, plasma_contrast, trivial_augment
+from ..augment.policies import channel_shuffle, plasma_brightness, plasma_contrast, trivial_augment
+from ..augment.squeeze import jpeg_batch
 from ..engine.hooks import TrainHook
-from ..engine.trainer import epoch_generator
 from ..errors import require
 from ..config import set_default
 from . import COUNTERMEASURES, Countermeasure
@@ -82,15 +82,13 @@ class UEraserHook(TrainHook):
         return int(self.c.repeats) if epoch < self.c.repeat_epochs else 1
 
     def on_batch(self, tr, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
-        if self._gen_epoch != tr.epoch:  # the draws of epoch e depend on (seed, e, rank) only
-            self.gen = epoch_generator(tr.ctx.device, tr.cfg.train.seed, tr.epoch, tr.ctx.rank, SALT_UERASER)
-            self._gen_epoch = tr.epoch
+        gen = self.epoch_stream(tr, SALT_UERASER)  # the draws of epoch e depend on (seed, e, rank) only
         R = self.repeats_at(tr.epoch)
         self._r = R
         if R > 1:
             x = x.repeat(R, 1, 1, 1)
             y = y.repeat(R) if y.dim() == 1 else y.repeat(R, 1)
-        out = ueraser_policy(x, plasma_p=self.c.plasma_p, shuffle_p=self.c.shuffle_p, generator=self.gen,
+        out = ueraser_policy(x, plasma_p=self.c.plasma_p, shuffle_p=self.c.shuffle_p, generator=gen,
                              jpeg=self.c.jpeg, jpeg_quality=self.c.jpeg_quality)
         return out.to(x.dtype).contiguous(memory_format=torch.channels_last), y
 

@@ -10,13 +10,13 @@ model's ``.grad`` buffers are untouched and the model can be in any mode the cal
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..kernels.pgd import pgd_step, project
+from ..precision import autocast
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 AugmentFn = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
@@ -63,8 +63,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, delta: Optiona
         else:
             raise ValueError(f"pgd: start={start!r} (given, zero, random)")
     delta = delta.detach().float().contiguous()
-    ac = (torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None
-          else contextlib.nullcontext())
+    ac = autocast(x.device, autocast_dtype)
     for _ in range(steps):
         d = delta.requires_grad_(True)
         grad = None

@@ -14,7 +14,6 @@ resumed run sees exactly the batches an uninterrupted run would (bit-for-bit on 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -37,7 +36,8 @@ from ..errors import ConfigError, TrainingDiverged, UeperfError, require
 from ..files import write_json_atomic
 from ..reports.records import RecordWriter
 from .checkpoint import load_checkpoint, save_checkpoint
-from .hooks import TrainHook
+from .hooks import TrainerView, TrainHook, epoch_generator
+from ..precision import autocast, resolve_precision
 from .schedule import lr_factor
 
 
@@ -47,33 +47,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
-
-
-def _mix(*xs: int) -> int:
-    """Deterministic 63-bit seed from integers (SplitMix64-style), for per-epoch streams."""
-    h = 0x9E3779B97F4A7C15
-    for x in xs:
-        h = (h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
-
-
-def epoch_generator(device: torch.device, *xs: int) -> torch.Generator:
-    """A generator on ``device`` seeded from integers, e.g. (seed, epoch, rank, salt): hooks draw
-    their per-epoch randomness from one, so a resumed run repeats it exactly."""
-    g = torch.Generator(device=device)
-    g.manual_seed(_mix(*xs))
-    return g
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp32":
-        return torch.float32
-    raise ConfigError(f"train.precision={precision!r}: expected auto, bf16 or fp32")
 
 
 def config_diff(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
@@ -132,10 +105,8 @@ def _mean(xs) -> Optional[float]:
 class Trainer:
     """Builds data, model and optimiser from a :class:`RunConfig` and runs the epochs.
 
-    Attributes hooks may use: ``cfg, ctx, store, model`` (bare module), ``wrapped`` (backend
-    wrapper: forward, backward_step, param_groups), ``train_loader, test_loader, augmenter,
-    epoch`` (0-based, of the epoch in progress), ``run_dir, records``, ``lr_mult`` (per param
-    group multipliers, which hooks may change between epochs).
+    Hooks are given ``self.view``, a :class:`~ueperf.engine.hooks.TrainerView`: the attributes and
+    actions they may use (config, epoch, model, learning-rate multipliers, snapshots, evaluation).
     """
 
     def __init__(self, cfg: RunConfig, *, hooks: Sequence[TrainHook] = (), resume: bool = False,
@@ -148,6 +119,7 @@ class Trainer:
         self._model_arg = model
         self.records: List[Dict[str, Any]] = []
         self.epoch = 0
+        self.view = TrainerView(self)  # what hooks are given
 
     # -- set-up ----------------------------------------------------------------------------
     def setup(self) -> "Trainer":
@@ -221,7 +193,7 @@ class Trainer:
 
         self.group_lr = list(cfg.optim.group_lr)
         for h in self.hooks:  # paradigms: freeze groups, set per-group multipliers
-            h.on_model(self, model)
+            h.on_model(self.view, model)
 
         # ── optimiser: one param group per layer group, lr = base · schedule · multiplier ──
         self.param_groups = build_param_groups(model, self.group_lr)
@@ -241,21 +213,21 @@ class Trainer:
             self._compile()
 
         # ── augmentation (fused kernel on CUDA, torch reference elsewhere) ──
-        from ..kernels.augment import Augmenter
+        from ..augment.pipeline import Augmenter
         self.augmenter = Augmenter.from_config(cfg.augment)
 
         self.start_epoch = 0
         if self.resume:
             self._load_resume_state()
         for h in self.hooks:
-            h.on_train_start(self)
+            h.on_train_start(self.view)
         return self
 
     def _train_split(self) -> Any:
         """The training split, after any hook's one-time image transform (test split untouched)."""
         split = self.store.train
         for h in self.hooks:
-            new = h.transform_train_images(self, np.asarray(split.x))
+            new = h.transform_train_images(self.view, np.asarray(split.x))
             if new is None:
                 continue
             if new.shape != split.x.shape or new.dtype != np.uint8:
@@ -356,9 +328,7 @@ class Trainer:
 
     # -- one epoch -------------------------------------------------------------------------
     def _autocast(self):
-        if self.autocast:
-            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.ctx.device, torch.bfloat16 if self.autocast else None)
 
     def scheduled_lr(self, t: float) -> float:
         """Base lr × the config's schedule at fractional epoch t (a multiplier-1 group's lr)."""
@@ -369,7 +339,7 @@ class Trainer:
     def set_lr(self, t: float) -> None:
         lr = None
         for h in self.hooks:
-            lr = h.lr_at(self, t)
+            lr = h.lr_at(self.view, t)
             if lr is not None:
                 break
         if lr is None:
@@ -400,12 +370,12 @@ class Trainer:
             x = self.augmenter(xb, generator=gen, out_dtype=self.input_dtype)
             y = yb
             for h in self.hooks:
-                x, y = h.on_batch(self, x, y, ib)
+                x, y = h.on_batch(self.view, x, y, ib)
             with self._autocast():
                 logits = self.runner(x)
                 loss = None
                 for h in self.hooks:
-                    loss = h.loss(self, logits, y)
+                    loss = h.loss(self.view, logits, y)
                     if loss is not None:
                         break
                 if loss is None:
@@ -481,8 +451,8 @@ class Trainer:
             rec: Dict[str, Any] = {"epoch": epoch + 1}
             last = epoch + 1 == cfg.train.epochs
             for h in self.hooks:
-                h.on_epoch_start(self, epoch)
-            if any(h.skip_epoch(self, epoch) for h in self.hooks):
+                h.on_epoch_start(self.view, epoch)
+            if any(h.skip_epoch(self.view, epoch) for h in self.hooks):
                 rec["skipped"] = True
                 if last:
                     rec.update(self.evaluate())
@@ -497,7 +467,7 @@ class Trainer:
             if last or (epoch + 1) % cfg.train.eval_every == 0:
                 rec.update(self.evaluate())
             for h in self.hooks:
-                h.on_epoch_end(self, rec)
+                h.on_epoch_end(self.view, rec)
             rec["elapsed_s"] = elapsed_before + time.perf_counter() - t_run
             self.records.append(rec)
             if writer is not None:
@@ -533,7 +503,7 @@ class Trainer:
             "dataset": self.store.manifest.get("name"), "model": self.cfg.model.name,
         }
         for h in self.hooks:
-            h.on_train_end(self, summary)
+            h.on_train_end(self.view, summary)
         if self.ctx.is_main:
             write_json_atomic(self.run_dir / "summary.json", summary)
             try:

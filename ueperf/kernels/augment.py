@@ -32,7 +32,7 @@ dtype ``out_dtype``.
 Contents: :class:`AugmentParams` (per-sample random draws), :func:`sample_params`,
 :func:`augment_ref` (plain torch: the spec and the CPU path, differentiable for float input —
 protections use it for EOT over augmentations), :func:`augment_triton` (one Triton kernel from
-uint8), :func:`augment` (dispatcher), :func:`eval_transform` and :class:`Augmenter`
+uint8), :func:`augment` (dispatcher), :func:`eval_transform` (the training pipeline built on them is :class:`ueperf.augment.pipeline.Augmenter`)
 (AugmentConfig → callable).
 """
 
@@ -114,7 +114,7 @@ class AugmentParams:
         )
 
 
-def _check_jitter(jitter) -> Tuple[float, float, float, float]:
+def check_jitter(jitter) -> Tuple[float, float, float, float]:
     try:
         b, c, s, h = (float(v) for v in jitter)
     except (TypeError, ValueError):
@@ -128,7 +128,7 @@ def _check_jitter(jitter) -> Tuple[float, float, float, float]:
     return b, c, s, h
 
 
-def _check_prob(name: str, p: float) -> float:
+def check_prob(name: str, p: float) -> float:
     p = float(p)
     if not 0.0 <= p <= 1.0:
         raise ConfigError(f"augment {name}={p!r} is a probability and must be in [0, 1]")
@@ -180,8 +180,8 @@ def sample_params(
                           f"got n={n}, height={height}, width={width}")
     if padding < 0:
         raise ConfigError(f"augment crop_padding={padding} must be >= 0 pixels (0 = no crop)")
-    jitter_p = _check_prob("jitter_p", jitter_p)
-    gray_p = _check_prob("gray_p", gray_p)
+    jitter_p = check_prob("jitter_p", jitter_p)
+    gray_p = check_prob("gray_p", gray_p)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device)
@@ -194,7 +194,7 @@ def sample_params(
         flip_t = torch.zeros(n, dtype=torch.bool, device=device)
 
     if jitter is not None and jitter_p > 0:
-        B, C, S, Hs = _check_jitter(jitter)
+        B, C, S, Hs = check_jitter(jitter)
         lo = (max(0.0, 1.0 - B), max(0.0, 1.0 - C), max(0.0, 1.0 - S), -Hs)
         hi = (1.0 + B, 1.0 + C, 1.0 + S, Hs)
         jitter_on = torch.rand(n, **kw) < jitter_p
@@ -204,7 +204,7 @@ def sample_params(
         factors = torch.stack([u[:, k] * (hi[k] - lo[k]) + lo[k] for k in range(4)], dim=1)
     else:
         if jitter is not None:
-            _check_jitter(jitter)
+            check_jitter(jitter)
         jitter_on = torch.zeros(n, dtype=torch.bool, device=device)
         factors = torch.zeros(n, 4, dtype=torch.float32, device=device)
         factors[:, :3] = 1.0
@@ -232,7 +232,7 @@ def _check_batch(x: torch.Tensor, params: AugmentParams) -> None:
         raise ValueError(f"augment: params on {params.device} but the batch is on {x.device}")
 
 
-def _norm_consts(mean: Optional[_FloatSeq], std: Optional[_FloatSeq]):
+def norm_consts(mean: Optional[_FloatSeq], std: Optional[_FloatSeq]):
     """(mean, std) as two tuples of 3 floats, or None when normalisation is off."""
     if mean is None and std is None:
         return None
@@ -247,10 +247,12 @@ def _norm_consts(mean: Optional[_FloatSeq], std: Optional[_FloatSeq]):
     return tuple(m), tuple(s)
 
 
-def _gray(img: torch.Tensor) -> torch.Tensor:
-    """Luma of (..., 3) RGB → (...)."""
-    r, g, b = img.unbind(-1)
-    return GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b
+def luma(img: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    """ITU-R 601-2 luma (PIL's "L" weights :data:`GRAY_WEIGHTS`) of RGB along ``dim``:
+    (..., 3) → (...) by default; (B, 3, H, W) with ``dim=1, keepdim=True`` → (B, 1, H, W)."""
+    r, g, b = img.unbind(dim)
+    out = GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b
+    return out.unsqueeze(dim) if keepdim else out
 
 
 def _rgb_to_hsv(img: torch.Tensor):
@@ -335,7 +337,7 @@ def augment_ref(
         (float64 if x is float64).
     """
     _check_batch(x, params)
-    norm = _norm_consts(mean, std)
+    norm = norm_consts(mean, std)
     if x.dtype == torch.uint8:
         # A device tensor divisor keeps this an IEEE division on CUDA too (torch turns division
         # by a Python scalar into multiplication by its reciprocal there, off by 1 ulp for 126
@@ -374,9 +376,9 @@ def augment_ref(
         bf, cf, sf, hf = (fac[:, k].view(view) for k in range(4))
         onv = on.view(view)
         img = torch.where(onv, (img * bf).clamp(0.0, 1.0), img)
-        m = _gray(img).mean(dim=(1, 2)).view(view)  # contrast: mean gray of the current image
+        m = luma(img).mean(dim=(1, 2)).view(view)  # contrast: mean gray of the current image
         img = torch.where(onv, (cf * img + (1.0 - cf) * m).clamp(0.0, 1.0), img)
-        g = _gray(img).unsqueeze(-1)
+        g = luma(img).unsqueeze(-1)
         img = torch.where(onv, (sf * img + (1.0 - sf) * g).clamp(0.0, 1.0), img)
         hue_on = on & (params.factors[:, 3] != 0)
         if _maybe(hue_on):
@@ -385,7 +387,7 @@ def augment_ref(
     # --- random grayscale --------------------------------------------------------------------
     gray = params.gray.to(torch.bool)
     if N and _maybe(gray):
-        img = torch.where(gray.view(view), _gray(img).unsqueeze(-1).expand_as(img), img)
+        img = torch.where(gray.view(view), luma(img).unsqueeze(-1).expand_as(img), img)
 
     # --- normalisation -----------------------------------------------------------------------
     if norm is not None:
@@ -592,7 +594,7 @@ def augment_triton(
         raise TypeError(f"augment_triton reads uint8 images, got {x.dtype}; use augment_ref")
     if out_dtype not in _OUT_DTYPES:
         raise TypeError(f"augment_triton writes one of {_OUT_DTYPES}, got {out_dtype}")
-    norm = _norm_consts(mean, std)
+    norm = norm_consts(mean, std)
     N, H, W, _ = x.shape
     out = torch.empty((N, H, W, 3), dtype=out_dtype, device=x.device)
     if N == 0:
@@ -663,87 +665,3 @@ def eval_transform(
         raise ValueError(f"eval_transform expects an NHWC batch (N, H, W, 3), got {tuple(x.shape)}")
     params = AugmentParams.identity(x.shape[0], device=x.device)
     return augment(x, params, mean=mean, std=std, out_dtype=out_dtype)
-
-
-class Augmenter:
-    """Training augmentation built from AugmentConfig's fields (see ``ueperf.config``).
-
-    ``Augmenter(...)(x_u8)`` = :func:`sample_params` + :func:`augment`; colour jitter and random
-    grayscale are active only when ``cg`` is True (spec §3.4); normalisation only when
-    ``normalize``. Field meanings and units are AugmentConfig's.
-    """
-
-    def __init__(
-        self,
-        crop_padding: int = 4,
-        flip: bool = True,
-        cg: bool = False,
-        jitter_p: float = 0.8,
-        jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
-        gray_p: float = 0.2,
-        normalize: bool = False,
-        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-        std: Sequence[float] = (0.2470, 0.2435, 0.2616),
-    ):
-        if int(crop_padding) < 0:
-            raise ConfigError(f"augment.crop_padding={crop_padding} must be >= 0 pixels")
-        self.crop_padding = int(crop_padding)
-        self.flip = bool(flip)
-        self.cg = bool(cg)
-        self.jitter_p = _check_prob("jitter_p", jitter_p)
-        self.jitter = _check_jitter(jitter)
-        self.gray_p = _check_prob("gray_p", gray_p)
-        self.normalize = bool(normalize)
-        norm = _norm_consts(mean, std)
-        self.mean, self.std = norm
-        self._identity = {}  # (n, device) → identity AugmentParams, reused across eval batches
-
-    @classmethod
-    def from_config(cls, cfg) -> "Augmenter":
-        """From an AugmentConfig (or any object with the same attribute names)."""
-        names = ("crop_padding", "flip", "cg", "jitter_p", "jitter", "gray_p", "normalize",
-                 "mean", "std")
-        return cls(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
-
-    def _norm(self):
-        return (self.mean, self.std) if self.normalize else (None, None)
-
-    def sample(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> AugmentParams:
-        """Parameters for batch ``x`` (N, H, W, 3), drawn on x's device."""
-        N, H, W = x.shape[0], x.shape[1], x.shape[2]
-        return sample_params(
-            N, H, W, padding=self.crop_padding, flip=self.flip,
-            jitter=self.jitter if self.cg else None,
-            jitter_p=self.jitter_p if self.cg else 0.0,
-            gray_p=self.gray_p if self.cg else 0.0,
-            generator=generator, device=x.device,
-        )
-
-    def __call__(
-        self,
-        x: torch.Tensor,
-        generator: Optional[torch.Generator] = None,
-        out_dtype: torch.dtype = torch.float32,
-        params: Optional[AugmentParams] = None,
-    ) -> torch.Tensor:
-        """Augment a training batch (N, H, W, 3) → (N, 3, H, W) channels-last ``out_dtype``.
-        Pass ``params`` to reuse draws (e.g. the same augmentation for x and x + δ)."""
-        if params is None:
-            params = self.sample(x, generator)
-        mean, std = self._norm()
-        return augment(x, params, mean=mean, std=std, out_dtype=out_dtype)
-
-    def eval_transform(self, x: torch.Tensor,
-                       out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Test batches: /255, this augmenter's normalisation, channels-last; no randomness."""
-        key = (int(x.shape[0]), x.device)
-        params = self._identity.get(key)
-        if params is None:
-            params = self._identity[key] = AugmentParams.identity(x.shape[0], device=x.device)
-        mean, std = self._norm()
-        return augment(x, params, mean=mean, std=std, out_dtype=out_dtype)
-
-    def __repr__(self) -> str:
-        return (f"Augmenter(crop_padding={self.crop_padding}, flip={self.flip}, cg={self.cg}, "
-                f"jitter_p={self.jitter_p}, jitter={self.jitter}, gray_p={self.gray_p}, "
-                f"normalize={self.normalize})")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..precision import autocast
 
 BACKENDS = ("tsne", "torch", "faiss")
 REDUCTIONS = ("pca2", "raw")
@@ -154,10 +155,7 @@ def extract_features(model: torch.nn.Module, images: torch.Tensor, transform, ba
     try:
         for s in range(0, images.shape[0], batch_size):
             x = transform(images[s:s + batch_size])
-            if autocast_dtype is not None:
-                with torch.autocast(x.device.type, dtype=autocast_dtype):
-                    out.append(model.features(x).float())
-            else:
+            with autocast(x.device, autocast_dtype):
                 out.append(model.features(x).float())
     finally:
         model.train(was_training)

@@ -29,26 +29,48 @@ BODY_LR_MULT = 0.1   # 0.01 body / 0.1 head [spec §5, ours]
 EPOCHS = 30          # LP / PF / FT [spec §5, ours]
 
 
+def frozen_groups(model: Any, paradigm: str) -> List[int]:
+    """The layer groups ``paradigm`` freezes on ``model`` (spec §5): ``lp`` every group but the head,
+    ``pfk`` the groups of stage <= k (stem + stages 1..k), ``fs`` / ``ft`` none."""
+    p = PARADIGMS.get(paradigm)
+    stages = model.group_stages()
+    head = max(stages)
+    if p.head_only:
+        return [i for i, s in enumerate(stages) if s < head]
+    if p.freeze_stage >= head:
+        raise ConfigError(f"paradigm {paradigm} would freeze the head of {getattr(model, 'arch', 'the model')} "
+                          f"(stages 0..{head}); use pf1..pf{head - 1}")
+    return [i for i, s in enumerate(stages) if s <= p.freeze_stage]
+
+
+def freeze(model: Any, paradigm: str) -> List[int]:
+    """Freeze ``model`` as ``paradigm`` does (requires_grad off, BN in eval even in train(): see
+    ``UEModel.freeze_groups``) and return the frozen groups: the trainer's paradigm hook and the
+    surrogates of the prior-based protections (BAIT's ensemble, SSC's PF-k) use this one rule."""
+    groups = frozen_groups(model, paradigm)
+    model.freeze_groups(groups)
+    return groups
+
+
 class ParadigmHook(TrainHook):
-    def __init__(self, name: str, freeze_stage: int, head_only: bool, body_mult: float):
-        self.name, self.freeze_stage, self.head_only, self.body_mult = name, freeze_stage, head_only, body_mult
+    def __init__(self, name: str, body_mult: float):
+        self.name, self.body_mult = name, body_mult
+        self.frozen: List[int] = []
 
     def on_model(self, tr, model) -> None:
         stages = model.group_stages()
         head_stage = max(stages)
-        frozen = [i for i, s in enumerate(stages) if (s < head_stage if self.head_only else s <= self.freeze_stage)]
-        model.freeze_groups(frozen)
+        self.frozen = freeze(model, self.name)
         mult = [1.0 if s == head_stage else self.body_mult for s in stages]
         base = tr.group_lr or [1.0] * len(stages)
         if len(base) != len(stages):
             raise ConfigError(f"optim.group_lr has {len(base)} values but the model has {len(stages)} layer groups")
         tr.group_lr = [b * m for b, m in zip(base, mult)]
-        tr.paradigm_frozen = frozen
 
     def on_epoch_end(self, tr, rec) -> None:
         if tr.epoch == 0:
             rec["paradigm"] = self.name
-            rec["frozen_groups"] = list(tr.paradigm_frozen)
+            rec["frozen_groups"] = list(self.frozen)
 
 
 class Paradigm:
@@ -76,7 +98,7 @@ class Paradigm:
     def hooks(self, cfg: Any) -> List[TrainHook]:
         if not self.pretrained:
             return []
-        return [ParadigmHook(self.name, self.freeze_stage, self.head_only, self.body_mult)]
+        return [ParadigmHook(self.name, self.body_mult)]
 
 
 def _register(name: str, summary: str, **attrs) -> None:
