@@ -28,7 +28,8 @@ from ueperf.errors import ConfigError, ModelError
 from ueperf.models import build_model
 from ueperf.protections import PROTECTIONS
 from ueperf.protections import bait as bait_mod
-from ueperf.protections.bait import BAIT, BAITConfig, build_from_prior
+from ueperf.protections.bait import BAIT, BAITConfig
+from ueperf.protections.priors import build_from_prior
 from ueperf.data.budget import measure
 
 from margins import GATE_SEED
@@ -169,7 +170,7 @@ def test_ensemble_members_learn_only_their_paradigms_groups(cifar, prior):
 # ───────────────────────────────────────────── the prior ──
 def test_the_prior_loads_with_a_fresh_head(cifar, prior):
     x, y = cifar[0][:8], cifar[1][:8]
-    model, rec = build_from_prior(BAITConfig(prior=str(prior), width=WIDTH), _ctx(x, y, None))
+    model, rec = build_from_prior(BAITConfig(prior=str(prior), width=WIDTH), _ctx(x, y, None), "bait")
     state = torch.load(prior, weights_only=True)
     sd = model.state_dict()
     assert torch.equal(sd["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])

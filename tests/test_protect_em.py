@@ -13,7 +13,7 @@ import torch
 from ueperf.config import DataConfig
 from ueperf.errors import ConfigError
 from ueperf.protections import PROTECTIONS
-from ueperf.protections import em as em_mod
+from ueperf.augment import eot as eot_mod
 from ueperf.data.budget import measure
 from ueperf.protections.base import ProtectContext, apply
 
@@ -101,14 +101,14 @@ def test_em_t_crafts_with_cg_eot_and_plain_em_without(small, monkeypatch):
     x, y = small
     x, y = x[:32], y[:32]
     calls = []
-    real = em_mod.augment_ref
+    real = eot_mod.augment_ref
 
     def spy(img, params, **kw):
         calls.append((img.shape[0], bool(params.jitter_on.any()), bool(params.gray.any()),
                       bool((params.factors[:, :3] != 1).any()), img.requires_grad))
         return real(img, params, **kw)
 
-    monkeypatch.setattr(em_mod, "augment_ref", spy)
+    monkeypatch.setattr(eot_mod, "augment_ref", spy)
     kw = dict(width=0.125, steps=2, alpha=2 / 255, max_rounds=1, train_steps=1, train_batch_size=32,
               batch_size=32)
     plain = _generate("em", x, y, **kw)
@@ -127,13 +127,13 @@ def test_rem_runs_end_to_end_within_the_bound(small, monkeypatch):
     x, y = small
     x, y = x[:48], y[:48]
     calls = []
-    real = em_mod.augment_ref
+    real = eot_mod.augment_ref
 
     def spy(img, params, **kw):
         calls.append(bool(params.jitter_on.any() or params.gray.any()))
         return real(img, params, **kw)
 
-    monkeypatch.setattr(em_mod, "augment_ref", spy)
+    monkeypatch.setattr(eot_mod, "augment_ref", spy)
     kw = dict(width=0.125, iterations=2, steps=2, adv_steps=2, eot=2, batch_size=16, regen_batch_size=24,
               log_every=1)
     p = _generate("rem", x, y, **kw)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ueperf.errors import ConfigError
 from ueperf.models import build_model
 from ueperf.protections import PROTECTIONS
-from ueperf.protections.bait import build_from_prior
+from ueperf.protections.priors import build_from_prior
 from ueperf.data.budget import measure
 from ueperf.protections import ssc as ssc_mod
 from ueperf.protections.ssc import SSC, Camouflage, SSCConfig, channel_scores, linear_probe, shallow_group

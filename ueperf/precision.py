@@ -38,3 +38,8 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype] = None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def autocast_auto(device: torch.device):
+    """Autocast by the ``auto`` rule on ``device`` (bf16 on CUDA, nothing elsewhere)."""
+    return autocast(device, autocast_dtype(device))

@@ -31,16 +31,21 @@ EPOCHS = 30          # LP / PF / FT [spec §5, ours]
 
 def frozen_groups(model: Any, paradigm: str) -> List[int]:
     """The layer groups ``paradigm`` freezes on ``model`` (spec §5): ``lp`` every group but the head,
-    ``pfk`` the groups of stage <= k (stem + stages 1..k), ``fs`` / ``ft`` none."""
-    p = PARADIGMS.get(paradigm)
+    ``pf<k>`` the groups of stage <= k (stem + stages 1..k; any k below the head, so crafting
+    surrogates may freeze deeper than the registered pf1..pf3), ``fs`` / ``ft`` none."""
     stages = model.group_stages()
     head = max(stages)
-    if p.head_only:
+    if paradigm in ("fs", "ft"):
+        return []
+    if paradigm == "lp":
         return [i for i, s in enumerate(stages) if s < head]
-    if p.freeze_stage >= head:
+    k = int(paradigm[2:]) if paradigm.startswith("pf") and paradigm[2:].isdigit() else None
+    if k is None:
+        raise ConfigError(f"paradigm {paradigm!r}: expected fs, lp, pf<k> or ft (spec §5)")
+    if not 1 <= k < head:
         raise ConfigError(f"paradigm {paradigm} would freeze the head of {getattr(model, 'arch', 'the model')} "
                           f"(stages 0..{head}); use pf1..pf{head - 1}")
-    return [i for i, s in enumerate(stages) if s <= p.freeze_stage]
+    return [i for i, s in enumerate(stages) if s <= k]
 
 
 def freeze(model: Any, paradigm: str) -> List[int]:
@@ -77,8 +82,6 @@ class Paradigm:
     name = ""
     summary = ""
     pretrained = True      # needs model.pretrained
-    freeze_stage = -1      # groups with stage <= this are frozen (-1: none)
-    head_only = False
     body_mult = BODY_LR_MULT
 
     def configure(self, cfg: Any, user: Set[str]) -> None:
@@ -107,11 +110,11 @@ def _register(name: str, summary: str, **attrs) -> None:
 
 
 _register("fs", "from scratch: random init, every layer trains, lr 0.1", pretrained=False)
-_register("lp", "linear probe: pretrained, only the head trains (lr 0.1), BN frozen in eval", head_only=True,
+_register("lp", "linear probe: pretrained, only the head trains (lr 0.1), BN frozen in eval",
           body_mult=1.0)
 for _k in (1, 2, 3):
     _register(f"pf{_k}", f"partial freeze: pretrained, stem + stages 1..{_k} frozen (BN eval), "
-                         f"body lr 0.01, head 0.1", freeze_stage=_k)
+                         f"body lr 0.01, head 0.1")
 _register("ft", "full fine-tune: pretrained, every layer trains, body lr 0.01, head 0.1")
 
 

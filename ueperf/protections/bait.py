@@ -74,35 +74,29 @@ final crafting surrogate(s) by paradigm name (eval mode), for diagnostics.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
+from ..augment.eot import eot_augment
 from ..engine.pgd import pgd, random_start
-from ..errors import ConfigError, ModelError
-from ..kernels.augment import augment_ref, sample_params
+from ..errors import ConfigError
+from ..paradigms import freeze
+from ..precision import autocast_dtype
 from . import PROTECTIONS
-from .base import Perturbation, ProtectContext, Protection, quantise, to_model
-from .em import (Frozen, autocast, autocast_dtype, check_common, eot_augment, progress_bar, sgd_step, sync_model,
-                 to_float)
+from .base import Perturbation, ProtectContext, Protection
+from .crafting import Frozen, check_common, progress_bar, rates, sgd_step, summed_ce, sync_model, to_float
+from .priors import PRIOR_HELP, build_from_prior
 
 # Generator salts: one independent, reproducible random stream per purpose.
-SALT_INIT, SALT_DELTA, SALT_ORDER, SALT_INNER, SALT_OUTER, SALT_REGEN = 0xBA0, 0xBA1, 0xBA2, 0xBA3, 0xBA4, 0xBA5
+SALT_DELTA, SALT_ORDER, SALT_INNER, SALT_OUTER, SALT_REGEN = 0xBA1, 0xBA2, 0xBA3, 0xBA4, 0xBA5
 
 PARADIGMS = ("ft", "lp", "pf1", "pf2", "pf3")  # spec §5 (fs has no prior: not a BAIT surrogate)
 INITS = ("uniform", "zero")
 
-PRIOR_HELP = ("{name} crafts against a surrogate fine-tuned from a pretrained prior (spec §2.10, §2.11, §5). "
-              "Set prior=PATH (--set prior=PATH) to a torchvision-format state dict of the surrogate "
-              "architecture (fields model/width/stem): `python -m ueperf.prior --recipe ...` trains one on a "
-              "dataset disjoint from the one you protect and prints its path, or use any local "
-              "torchvision-format checkpoint (nothing is downloaded).")
 
 
 # =====================================================================================
@@ -189,73 +183,6 @@ def _check(cfg: BAITConfig, num_classes: int, n: int) -> None:
 # =====================================================================================
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def build_from_prior(cfg, ctx: ProtectContext, method: str = "bait") -> Tuple[torch.nn.Module, Dict]:
-    """θ_pre + fresh head on ``ctx.device``, train mode, and a record of the prior.
-
-    ``cfg`` has the fields ``prior``, ``model``, ``width``, ``stem`` (BAIT's and SSC's Configs);
-    ``method`` names the method in errors.
-
-    The fresh head's initial weights depend only on (ctx.seed, SALT_INIT) (the global RNG is
-    forked, as in :func:`ueperf.protections.em.build_surrogate`, which has no ``stem``). The body
-    must fit the prior exactly (:func:`ueperf.models.load_pretrained`); a prior head is never
-    kept, even when its class count matches (spec §2.10: "plus a fresh head").
-    """
-    from ..models import build_model, load_pretrained
-    path = os.path.expanduser(str(cfg.prior))
-    seed = int(ctx.generator(SALT_INIT).initial_seed())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(cfg.model, ctx.num_classes, int(ctx.x.shape[1]), width=cfg.width, stem=cfg.stem)
-    fresh_head = {k: v.clone() for k, v in model.head.state_dict().items()}
-    try:
-        report = load_pretrained(model, path)
-    except ModelError as e:
-        raise ModelError(f"{method}.prior={cfg.prior!r}: {e} ({method}'s surrogate is set by its own fields: "
-                         f"model={cfg.model!r}, width={cfg.width}, stem={cfg.stem!r}; give the prior's "
-                         f"architecture there.)") from None
-    if report["head_loaded"]:
-        model.head.load_state_dict(fresh_head)
-        head = "the prior's head (same class count) replaced by a fresh one"
-    else:
-        head = "fresh (the prior's head does not fit this dataset's classes, or it has none)"
-    model = model.to(ctx.device)
-    if ctx.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    record = {"path": os.path.abspath(path), "sha256": _sha256(path), "head": head,
-              "loaded_keys": len(report["loaded"]), "notes": report["notes"]}
-    return model.train(), record
-
-
-def apply_paradigm(model: torch.nn.Module, paradigm: str) -> List[int]:
-    """Freeze ``model``'s layer groups as paradigm ``paradigm`` of spec §5 does; returns them.
-
-    ft: none; pfk: the groups of stage <= k (stem + stages 1..k); lp: every group but the head.
-    Frozen = requires_grad off and BN in eval mode even in train() (``UEModel.freeze_groups``).
-    """
-    stages = model.group_stages()
-    head = max(stages)
-    if paradigm == "ft":
-        frozen: List[int] = []
-    elif paradigm == "lp":
-        frozen = [i for i, s in enumerate(stages) if s < head]
-    else:
-        k = int(paradigm[2:])
-        if k >= head:
-            raise ConfigError(f"bait: paradigm {paradigm} would freeze the head of {getattr(model, 'arch', '?')} "
-                              f"(stages 0..{head}); use pf1..pf{head - 1}")
-        frozen = [i for i, s in enumerate(stages) if s <= k]
-    model.freeze_groups(frozen)
-    return frozen
-
-
 class _Stacked(torch.nn.Module):
     """The members' logits stacked along the batch: (P·B, K); member m occupies rows [mB, (m+1)B)."""
 
@@ -265,49 +192,6 @@ class _Stacked(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([m(x) for m in self.members])
-
-
-def summed_ce(reps: int):
-    """Σ over samples (and the ``reps`` folded copies: EOT draws × members) of CE(logits, t):
-    a sample's gradient does not depend on its batch-mates (the sign-PGD only needs directions)."""
-    return lambda logits, t: F.cross_entropy(logits.float(), t.repeat(reps) if reps > 1 else t, reduction="sum")
-
-
-def batch_eot(samples: int, n_batch: int, sel: Optional[torch.Tensor], padding: int, flip: bool):
-    """Differentiable EOT for the one PGD, invariant to sharding: each call draws crop + flip for
-    all ``samples`` × ``n_batch`` rows of the GLOBAL mini-batch (same generator use on every rank)
-    and applies the rows of this rank's samples ``sel`` (positions in the global batch; None =
-    all). x (b, H, W, 3) in [0, 1] → (J·b, 3, H, W) channels-last, draw j in rows [jb, (j+1)b)."""
-    J = int(samples)
-    rows = None
-    if sel is not None:
-        rows = (torch.arange(J, device=sel.device).view(-1, 1) * n_batch + sel.view(1, -1)).flatten()
-
-    def fn(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        p = sample_params(J * n_batch, x.shape[1], x.shape[2], padding=padding, flip=flip,
-                          generator=generator, device=x.device)
-        xr = x.repeat(J, 1, 1, 1) if J > 1 else x
-        return augment_ref(xr, p if rows is None else p.index(rows))
-
-    return fn
-
-
-@torch.no_grad()
-def rates(model: torch.nn.Module, x_u8: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
-          delta: Optional[torch.Tensor], batch: int, published: bool = False) -> torch.Tensor:
-    """(2,) float64 device tensor: [accuracy on y, rate of f(·) = t] of ``model`` (eval mode) on
-    clip(x + δ) (δ None: the clean images; ``published``: quantised to uint8 as ``apply`` writes
-    them) over the whole set, in batches of ``batch``."""
-    model.eval()
-    hits = torch.zeros(2, dtype=torch.float64, device=x_u8.device)
-    for s in range(0, x_u8.shape[0], batch):
-        xb = to_float(x_u8[s:s + batch])
-        if delta is not None:
-            xb = quantise(xb, delta[s:s + batch]) if published else (xb + delta[s:s + batch]).clamp_(0, 1)
-        with autocast(x_u8.device):
-            pred = model(to_model(xb)).argmax(1)
-        hits += torch.stack([(pred == y[s:s + batch]).sum(), (pred == t[s:s + batch]).sum()]).double()
-    return hits / max(x_u8.shape[0], 1)
 
 
 # =====================================================================================
@@ -332,12 +216,12 @@ class BAIT(Protection):
         if ctx.world_size > 1 and ctx.gather is None:
             raise RuntimeError("bait: a ProtectContext with world_size > 1 needs ctx.gather (the runner provides it)")
         t0 = time.perf_counter()
-        base, prior = build_from_prior(cfg, ctx)
+        base, prior = build_from_prior(cfg, ctx, "bait")
         names = cfg.members()
         models, opts, frozen = [], [], {}
         for name in names:
             m = copy.deepcopy(base)
-            frozen[name] = apply_paradigm(m, name)
+            frozen[name] = freeze(m, name)
             models.append(m)
             opts.append(torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=cfg.lr,
                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay))
@@ -362,7 +246,7 @@ class BAIT(Protection):
         ac = autocast_dtype(dev)
         J = int(cfg.eot) if cfg.outer_eot else 1
         loss_fn = summed_ce(J * len(models))
-        inner_aug = eot_augment(1, cg=False, crop_padding=cfg.crop_padding, flip=cfg.flip)
+        inner_aug = eot_augment(1, crop_padding=cfg.crop_padding, flip=cfg.flip)
         bs = min(int(cfg.batch_size), n)
         ar = torch.arange(bs, device=dev)
         n_batches = math.ceil(n / bs)
@@ -378,7 +262,8 @@ class BAIT(Protection):
                     return
                 sub = batch[sel]
             r = pos[sub]
-            aug = batch_eot(J, batch.numel(), sel, cfg.crop_padding, cfg.flip) if cfg.outer_eot else None
+            aug = eot_augment(J, crop_padding=cfg.crop_padding, flip=cfg.flip, global_batch=batch.numel(),
+                              rows=sel) if cfg.outer_eot else None
             with Frozen(models):
                 d = pgd(net, to_float(x_u8[sub]), targets[sub], rows[r], eps=cfg.eps, alpha=alpha, steps=steps,
                         norm=cfg.norm, sign=-1.0, loss_fn=loss_fn, augment=aug, generator=g, autocast_dtype=ac)
@@ -425,7 +310,8 @@ class BAIT(Protection):
             # (target_rate / train_acc: the first member's; with an ensemble also each member's, suffixed)
             rec: Dict = {"pass": p + 1}
             for i, (name, m) in enumerate(zip(names, models)):
-                acc, tgt = rates(m, x_u8, y, targets, delta, cfg.eval_batch_size).tolist()
+                acc, tgt = rates(m, x_u8, y, batch=cfg.eval_batch_size, delta_of=delta.__getitem__,
+                                 targets=targets).tolist()
                 if i == 0:
                     rec["target_rate"], rec["train_acc"] = tgt, acc
                 if len(models) > 1:
@@ -462,8 +348,9 @@ class BAIT(Protection):
         # ── what the manifest records ──
         members: Dict[str, Dict] = {}
         for name, m in zip(names, models):
-            ac_c, tg_c = rates(m, x_u8, y, targets, None, cfg.eval_batch_size).tolist()
-            ac_p, tg_p = rates(m, x_u8, y, targets, delta, cfg.eval_batch_size, published=True).tolist()
+            ac_c, tg_c = rates(m, x_u8, y, batch=cfg.eval_batch_size, targets=targets).tolist()
+            ac_p, tg_p = rates(m, x_u8, y, batch=cfg.eval_batch_size, delta_of=delta.__getitem__, targets=targets,
+                               published=True).tolist()
             members[name] = {"frozen_groups": frozen[name], "acc_clean": ac_c, "acc_protected": ac_p,
                              "target_rate_clean": tg_c, "target_rate_protected": tg_p}
         first = members[names[0]]

@@ -38,31 +38,28 @@ meanwhile) and rank 0's accuracy is broadcast, so all ranks stop in the same rou
 noise is small (one subset pass at T = 1): every rank computes it identically and rank 0's δ is
 broadcast at the end.
 
-Helpers shared with REM (:mod:`ueperf.protections.rem`): :func:`eot_augment`,
-:func:`folded_ce`, :func:`build_surrogate`, :func:`autocast_dtype`, :class:`BatchStream`.
+The loop's pieces (model step, stop test, the sample-wise min-min rounds, shared with SSC) are in
+:mod:`ueperf.protections.crafting`; the EOT wrapper in :mod:`ueperf.augment.eot`.
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
-from ..config import AugmentConfig
-from ..engine.pgd import pgd, random_start
+from ..augment.eot import eot_augment
+from ..engine.pgd import pgd
 from ..errors import ConfigError
-from ..kernels.augment import augment_ref, sample_params
+from ..precision import autocast_dtype
 from . import PROTECTIONS
-from .base import GRANULARITIES, Perturbation, ProtectContext, Protection, to_model
+from .base import GRANULARITIES, Perturbation, ProtectContext, Protection
+from .crafting import (BatchStream, Frozen, check_common, end_round, folded_ce, fresh_model, min_min_rounds,
+                       model_step, progress_bar, project_ball, to_float)
 
 # Generator salts: one independent, reproducible random stream per purpose.
 SALT_INIT, SALT_MODEL_BATCHES, SALT_NOISE, SALT_SUBSET = 0xE0, 0xE1, 0xE2, 0xE3
-
-_CG = AugmentConfig()  # the CG distribution of spec §3.4 (jitter 0.4/0.4/0.4/0.1 w.p. 0.8, gray 0.2)
 
 
 # =====================================================================================
@@ -106,29 +103,6 @@ class EMConfig:
         return 20 if self.granularity == "sample" else 1
 
 
-def check_common(cfg, name: str) -> None:
-    """ConfigErrors for the fields EM and REM share (name = method, for the messages)."""
-    def bad(field: str, why: str):
-        raise ConfigError(f"{name}.{field}={getattr(cfg, field)!r}: {why}")
-
-    if cfg.norm not in ("linf", "l2"):
-        bad("norm", "expected linf or l2 (the norms the PGD projects onto)")
-    if not (cfg.eps > 0 and math.isfinite(cfg.eps)):
-        bad("eps", "must be > 0, in [0,1] pixel units (e.g. 8/255)")
-    if cfg.norm == "linf" and cfg.eps > 1:
-        bad("eps", "an ℓ∞ budget above 1 is the whole pixel range; did you mean 8/255?")
-    if not cfg.alpha > 0:
-        bad("alpha", "the PGD step must be > 0 (in [0,1] pixel units, e.g. 0.8/255)")
-    for f in ("batch_size", "eot"):
-        if hasattr(cfg, f) and int(getattr(cfg, f)) < 1:
-            bad(f, "must be >= 1")
-    if cfg.steps < 0:
-        bad("steps", "must be >= 0")
-    if not (cfg.lr >= 0 and 0 <= cfg.momentum < 1 and cfg.weight_decay >= 0):
-        raise ConfigError(f"{name}: surrogate SGD needs lr >= 0, 0 <= momentum < 1, weight_decay >= 0 "
-                          f"(got lr={cfg.lr}, momentum={cfg.momentum}, weight_decay={cfg.weight_decay})")
-
-
 def _check(cfg: EMConfig) -> None:
     check_common(cfg, "em")
     if cfg.granularity not in GRANULARITIES:
@@ -144,262 +118,6 @@ def _check(cfg: EMConfig) -> None:
         raise ConfigError(f"em.class_portion={cfg.class_portion}: must be in (0, 1] (fraction of the training set)")
 
 
-# =====================================================================================
-# Shared helpers (EM and REM)
-# =====================================================================================
-
-
-def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """bf16 autocast on CUDA (tensor cores), none elsewhere (CPU bf16 is slower and less exact)."""
-    return torch.bfloat16 if device.type == "cuda" else None
-
-
-def autocast(device: torch.device):
-    dt = autocast_dtype(device)
-    return torch.autocast(device.type, dtype=dt) if dt is not None else contextlib.nullcontext()
-
-
-def build_surrogate(name: str, width: float, ctx: ProtectContext, salt: int = SALT_INIT) -> torch.nn.Module:
-    """A freshly initialised surrogate on ``ctx.device``; the initial weights depend only on
-    (ctx.seed, salt) — the global RNG is forked, so callers' random streams are untouched.
-    Channels-last on CUDA (cuDNN's NHWC kernels); on CPU the NCHW kernels are faster."""
-    from ..models import build_model
-    H = int(ctx.x.shape[1])
-    seed = int(ctx.generator(salt).initial_seed())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(name, ctx.num_classes, H, width=width)
-    model = model.to(ctx.device)
-    if ctx.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def sync_model(model: torch.nn.Module, ctx: ProtectContext) -> None:
-    """Make every rank hold rank 0's weights and buffers (no-op on one process)."""
-    if ctx.world_size > 1 and ctx.broadcast is not None:
-        with torch.no_grad():
-            for t in model.state_dict().values():
-                t.copy_(ctx.broadcast(t, src=0))
-
-
-def agree(value: torch.Tensor, ctx: ProtectContext) -> torch.Tensor:
-    """Rank 0's value of a small tensor on every rank (so all ranks take the same decision)."""
-    if ctx.world_size > 1 and ctx.broadcast is not None:
-        return ctx.broadcast(value, src=0)
-    return value
-
-
-def eot_augment(samples: int, cg: bool, *, crop_padding: int = 4, flip: bool = True
-                ) -> Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]:
-    """Differentiable EOT augmentation for the one PGD: ``fn(x, generator)`` maps x (B, H, W, 3)
-    float in [0, 1] to t_1(x) ‖ … ‖ t_J(x), (J·B, 3, H, W) channels-last, J = ``samples``
-    independent draws of random crop (zero padding ``crop_padding`` px) + horizontal flip, and
-    with ``cg`` the CG colour jitter + grayscale of spec §3.4. Draw j occupies rows [jB, (j+1)B).
-    Pair it with :func:`folded_ce` (targets repeated the same way)."""
-    J = int(samples)
-
-    def fn(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        xr = x.repeat(J, 1, 1, 1) if J > 1 else x
-        params = sample_params(xr.shape[0], xr.shape[1], xr.shape[2], padding=crop_padding, flip=flip,
-                               jitter=_CG.jitter if cg else None, jitter_p=_CG.jitter_p if cg else 0.0,
-                               gray_p=_CG.gray_p if cg else 0.0, generator=generator, device=x.device)
-        return augment_ref(xr, params)
-
-    return fn
-
-
-def folded_ce(samples: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy of J·B logits (J folded EOT draws) against the B targets repeated J times:
-    the mean over draws and samples (sign-PGD only needs its direction)."""
-    J = int(samples)
-    return lambda logits, t: F.cross_entropy(logits.float(), t.repeat(J) if J > 1 else t)
-
-
-class BatchStream:
-    """Mini-batches of ``size`` indices drawn without replacement from ``pool`` (a 1-D index
-    tensor on the device), reshuffled with ``generator`` when exhausted (the tail that does not
-    fill a batch is dropped, like a drop_last loader). No host syncs; every rank with the same
-    generator seed draws the same batches."""
-
-    def __init__(self, pool: torch.Tensor, size: int, generator: torch.Generator):
-        self.pool, self.size, self.gen = pool, max(1, min(int(size), pool.numel())), generator
-        self.perm, self.pos = None, 0
-
-    def next(self) -> torch.Tensor:
-        if self.perm is None or self.pos + self.size > self.perm.numel():
-            order = torch.randperm(self.pool.numel(), generator=self.gen, device=self.pool.device)
-            self.perm, self.pos = self.pool[order], 0
-        b = self.perm[self.pos:self.pos + self.size]
-        self.pos += self.size
-        return b
-
-
-def to_float(x_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC → float32 in [0, 1]."""
-    return x_u8.float().div_(255)
-
-
-def sgd_step(model, opt, inp: torch.Tensor, y: torch.Tensor, grad_clip: float,
-             device: torch.device) -> torch.Tensor:
-    """One SGD step on cross-entropy (model in train mode) on the model input ``inp``
-    (B, 3, H, W), e.g. ``to_model(x_nhwc)``; returns the detached loss."""
-    with autocast(device):
-        logits = model(inp)
-    loss = F.cross_entropy(logits.float(), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    return loss.detach()
-
-
-@torch.no_grad()
-def accuracy(model, x_u8: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
-             delta_of: Callable[[torch.Tensor], torch.Tensor], batch: int) -> torch.Tensor:
-    """Accuracy (0-d device tensor) of ``model`` (eval mode) on clip(x + δ) over sample indices
-    ``rows``; ``delta_of(idx)`` gives the δ rows of the samples ``idx``."""
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=x_u8.device)
-    for s in range(0, rows.numel(), batch):
-        idx = rows[s:s + batch]
-        xb = (to_float(x_u8[idx]) + delta_of(idx)).clamp_(0, 1)
-        with autocast(x_u8.device):
-            logits = model(to_model(xb))
-        correct += (logits.argmax(1) == y[idx]).sum()
-    return correct.double() / max(rows.numel(), 1)
-
-
-def project_ball(d: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Π_ε onto the ℓ∞ / ℓ2 ball per row (no image to clip against: class-wise δ)."""
-    if norm == "linf":
-        return d.clamp(-eps, eps)
-    n = torch.linalg.vector_norm(d.flatten(1), dim=1).clamp_min(1e-12).view(-1, *([1] * (d.dim() - 1)))
-    return d * (eps / n).clamp_max(1.0)
-
-
-class Frozen:
-    """Context: models in eval mode with every ``requires_grad`` off (the PGD differentiates w.r.t.
-    δ only); restores each parameter's own flag afterwards (frozen groups stay frozen)."""
-
-    def __init__(self, models):
-        self.models = list(models)
-
-    def __enter__(self):
-        self.flags = [[p.requires_grad for p in m.parameters()] for m in self.models]
-        for m in self.models:
-            m.eval()
-            m.requires_grad_(False)
-        return self
-
-    def __exit__(self, *exc):
-        for m, flags in zip(self.models, self.flags):
-            for p, f in zip(m.parameters(), flags):
-                p.requires_grad_(f)
-        return False
-
-
-def progress_bar(ctx: ProtectContext, total: int, desc: str, leave: bool = True):
-    if not ctx.progress:
-        return None
-    import sys
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, leave=leave, dynamic_ncols=True, file=sys.stderr)
-
-
-# =====================================================================================
-# The method
-# =====================================================================================
-
-
-def model_step(model, opt, batches: "BatchStream", x_u8: torch.Tensor, y: torch.Tensor,
-               delta_of: Callable[[torch.Tensor], torch.Tensor], cfg, ctx: ProtectContext) -> torch.Tensor:
-    """The min over θ of one round: ``cfg.train_steps`` SGD batches of clip(x + δ) (δ rows from
-    ``delta_of(idx)``), no augmentation; weights synchronised across ranks. Returns the last loss."""
-    model.train()
-    loss = torch.zeros((), device=ctx.device)
-    for _ in range(cfg.train_steps):
-        idx = batches.next()
-        xb = (to_float(x_u8[idx]) + delta_of(idx)).clamp_(0, 1)
-        loss = sgd_step(model, opt, to_model(xb), y[idx], cfg.grad_clip, ctx.device)
-    sync_model(model, ctx)
-    return loss
-
-
-def end_round(ctx: ProtectContext, cfg, model, rows: torch.Tensor, delta_of, r: int, loss: torch.Tensor,
-              t_round: float, hist: List[Dict], bar) -> bool:
-    """The stop test of an EM-style round: surrogate accuracy on clip(x + δ) over ``rows`` (rank 0's
-    value on every rank; one host sync), recorded in ``hist``/``ctx.log``/the bar. True = stop."""
-    acc = float(agree(accuracy(model, ctx.x, ctx.y, rows, delta_of, cfg.eval_batch_size), ctx).item())
-    rec = {"round": r + 1, "surrogate_acc": acc, "model_loss": float(loss.item()),
-           "round_s": time.perf_counter() - t_round}
-    hist.append(rec)
-    ctx.log(rec)
-    if bar is not None:
-        bar.set_postfix(acc=f"{100 * acc:.2f}%")
-        bar.update(1)
-    return acc > 1 - cfg.stop_error
-
-
-def sample_wise_rounds(ctx: ProtectContext, cfg, model, opt, augment=None, loss_fn=None,
-                       prepare: Optional[Callable[[torch.Tensor], None]] = None, name: str = "em"):
-    """The sample-wise min-min loop of EM (module docstring), shared with SSC (spec §2.11).
-
-    ``cfg`` needs EM's loop fields (eps, norm, alpha, steps via ``resolved_steps()``, batch_size,
-    train_steps, train_batch_size, grad_clip, eval_batch_size, stop_error, max_rounds,
-    random_start); ``opt`` holds the parameters the model step trains (frozen groups stay frozen:
-    :class:`Frozen` restores each parameter's flag after the noise step). ``prepare(idx)`` is
-    called before the PGD of each noise batch (SSC computes the clean shallow activations of the
-    batch there). Returns (δ, per-round history)."""
-    dev, x_u8, y = ctx.device, ctx.x, ctx.y
-    n = x_u8.shape[0]
-    shard = ctx.shard if ctx.shard is not None else torch.arange(n, device=dev)
-    shard = shard.to(dev)
-    every = torch.arange(n, device=dev)
-    if cfg.random_start:
-        delta = torch.empty(x_u8.shape, dtype=torch.float32, device=dev)
-        g0 = ctx.generator(SALT_NOISE, 0)
-        for s in range(0, n, cfg.batch_size):  # chunked: no float copy of the whole set
-            delta[s:s + cfg.batch_size] = random_start(to_float(x_u8[s:s + cfg.batch_size]), eps=cfg.eps,
-                                                       norm=cfg.norm, generator=g0)
-    else:
-        delta = torch.zeros(x_u8.shape, dtype=torch.float32, device=dev)
-    batches = BatchStream(every, cfg.train_batch_size, ctx.generator(SALT_MODEL_BATCHES))
-    g_noise = ctx.generator(SALT_NOISE)
-    T = cfg.resolved_steps()
-    ac = autocast_dtype(dev)
-    hist: List[Dict] = []
-    bar = progress_bar(ctx, cfg.max_rounds, f"{name} rounds")
-    for r in range(cfg.max_rounds):
-        tr = time.perf_counter()
-        # (a) model step: M batches of the perturbed set, no augmentation.
-        loss = model_step(model, opt, batches, x_u8, y, lambda idx: delta[idx], cfg, ctx)
-        # (b) noise step: T PGD iterations on this rank's rows, weights frozen.
-        inner = progress_bar(ctx, shard.numel(), f"round {r + 1} noise", leave=False)
-        with Frozen([model]):
-            for s in range(0, shard.numel(), cfg.batch_size):
-                idx = shard[s:s + cfg.batch_size]
-                if prepare is not None:
-                    prepare(idx)
-                d = pgd(model, to_float(x_u8[idx]), y[idx], delta[idx], eps=cfg.eps, alpha=cfg.alpha,
-                        steps=T, norm=cfg.norm, sign=-1.0, loss_fn=loss_fn, augment=augment,
-                        generator=g_noise, autocast_dtype=ac)
-                delta.index_copy_(0, idx, d)
-                if inner is not None:
-                    inner.update(idx.numel())
-        if inner is not None:
-            inner.close()
-        if ctx.world_size > 1:
-            delta = ctx.gather(delta.index_select(0, shard))
-        # (c) stop test on the whole perturbed training set (one host sync per round).
-        if end_round(ctx, cfg, model, every, lambda i, d=delta: d.index_select(0, i), r, loss, tr, hist, bar):
-            break
-    if bar is not None:
-        bar.close()
-    return delta, hist
-
-
 @PROTECTIONS.register("em")
 class EM(Protection):
     """Error-minimising noise, sample-wise or class-wise, optionally EOT over CG (EM-T)."""
@@ -410,7 +128,7 @@ class EM(Protection):
         cfg: EMConfig = ctx.cfg
         _check(cfg)
         t0 = time.perf_counter()
-        model = build_surrogate(cfg.model, cfg.width, ctx)
+        model = fresh_model(cfg.model, cfg.width, ctx, SALT_INIT)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay)
         mode = cfg.eot_mode()
@@ -420,7 +138,8 @@ class EM(Protection):
         else:
             augment, loss_fn, eot_desc = None, None, "none"
         if cfg.granularity == "sample":
-            delta, hist = sample_wise_rounds(ctx, cfg, model, opt, augment, loss_fn)
+            delta, hist = min_min_rounds(ctx, cfg, model, opt, augment, loss_fn,
+                                         model_batches_salt=SALT_MODEL_BATCHES, noise_salt=SALT_NOISE)
         else:
             delta, hist = self._class_wise(ctx, cfg, model, opt, augment, loss_fn)
         accs = [h["surrogate_acc"] for h in hist]

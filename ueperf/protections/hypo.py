@@ -31,8 +31,9 @@ import torch
 
 from ..errors import ConfigError
 from . import PROTECTIONS
-from .aep import craft_against_surrogate, get_surrogate, surrogate_details, validate_common
 from .base import Perturbation, ProtectContext, Protection
+from .crafting import check_against_surrogate, craft_against_surrogate
+from .surrogate import get_surrogate, surrogate_details
 
 _SALT_HYPO = 0x4790  # HYPO's random stream (ProtectContext.generator); unused by zero-start PGD
 
@@ -86,7 +87,7 @@ class HYPO(Protection):
     def generate(self, ctx: ProtectContext) -> Perturbation:
         cfg: HYPOConfig = ctx.cfg
         eps, step = cfg.budget()
-        validate_common("hypo", eps=eps, norm=cfg.norm, steps=cfg.steps, batch_size=cfg.batch_size)
+        check_against_surrogate("hypo", eps=eps, norm=cfg.norm, steps=cfg.steps, batch_size=cfg.batch_size)
         t0 = time.perf_counter()
         model = get_surrogate(ctx, cfg.surrogate_model, cfg.surrogate_epochs, cfg.surrogate_width, "hypo")
         t_sur = time.perf_counter() - t0

@@ -48,12 +48,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..augment.eot import eot_augment
 from ..engine.pgd import pgd
 from ..errors import ConfigError
+from ..precision import autocast, autocast_dtype
 from . import PROTECTIONS
 from .base import Perturbation, ProtectContext, Protection, to_model
-from .em import (BatchStream, autocast, autocast_dtype, build_surrogate, check_common, eot_augment, folded_ce,
-                 progress_bar, sgd_step, sync_model, to_float)
+from .crafting import (BatchStream, check_common, folded_ce, fresh_model, progress_bar, sgd_step, sync_model,
+                       to_float)
 
 SALT_INIT, SALT_BATCHES, SALT_NOISE, SALT_TRAIN_AUG = 0x2E0, 0x2E1, 0x2E2, 0x2E3
 
@@ -141,7 +143,7 @@ class REM(Protection):
         dev, x_u8, y = ctx.device, ctx.x, ctx.y
         n = x_u8.shape[0]
         ac = autocast_dtype(dev)
-        model = build_surrogate(cfg.model, cfg.width, ctx, salt=SALT_INIT)
+        model = fresh_model(cfg.model, cfg.width, ctx, SALT_INIT)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         batches = BatchStream(torch.arange(n, device=dev), cfg.batch_size, ctx.generator(SALT_BATCHES))
         g_noise, g_train = ctx.generator(SALT_NOISE), ctx.generator(SALT_TRAIN_AUG)
@@ -194,7 +196,7 @@ class REM(Protection):
             xb, yb = to_float(x_u8[idx]), y[idx]
             d = defensive_noise(model, xb, yb, cfg, g_noise, ac)
             delta.index_copy_(0, idx, d)
-            with torch.no_grad(), autocast(dev):
+            with torch.no_grad(), autocast(dev, ac):
                 correct += (model(to_model((xb + d).clamp_(0, 1))).argmax(1) == yb).sum()
             if bar is not None:
                 bar.update(idx.numel())

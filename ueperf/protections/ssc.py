@@ -16,7 +16,7 @@ k+1.. and the head, trained). With a(x) = S(x) (B, C, h, w) and Δ = a(x + δ) �
 2. **semantic channel mask**: s_c = E_x mean_spatial |a_c(x) · ∂L(h(D(S(x))), y)/∂a_c(x)|
    (gradient × activation, L = cross-entropy, clean images); M = the top ⌈ρ·C⌉ channels
    (``rho`` = 25 %); u_k, k < K: fixed random unit vectors over the semantic channels;
-3. **EM-style min-min** (the loop of :func:`ueperf.protections.em.sample_wise_rounds`):
+3. **EM-style min-min** (the loop of :func:`ueperf.protections.crafting.min_min_rounds`):
    ``train_steps`` (10) SGD batches on (x + δ, y) for D and h (lr 0.01, S frozen: simulating
    PF-k) ↔ ``steps`` (20) sign-PGD iterations (α = 0.8/255, ε = 8/255) on every δ_i minimising
 
@@ -63,10 +63,13 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import PROTECTIONS
-from .bait import PRIOR_HELP, apply_paradigm, build_from_prior
+from ..engine.schedule import lr_factor
+from ..paradigms import freeze
+from ..precision import autocast_auto
 from .base import Perturbation, ProtectContext, Protection, quantise, to_model
-from .em import (BatchStream, Frozen, accuracy, agree, autocast, check_common, end_round, model_step,
-                 progress_bar, sample_wise_rounds, sync_model, to_float)
+from .crafting import (BatchStream, Frozen, agree, check_common, end_round, min_min_rounds, model_step,
+                       progress_bar, rates, sgd_step, sync_model, to_float)
+from .priors import PRIOR_HELP, build_from_prior
 
 # Generator salts: one independent, reproducible random stream per purpose.
 SALT_PROBE, SALT_CODES, SALT_RANDOM, SALT_RGB_SUBSET, SALT_RGB_BATCHES = 0x55C0, 0x55C1, 0x55C2, 0x55C3, 0x55C4
@@ -187,7 +190,7 @@ class Camouflage:
         """a(x) for a batch of [0,1] NHWC images, float32, without running D (no grad)."""
         self.mode = "stop"
         try:
-            with torch.no_grad(), autocast(x_nhwc.device):
+            with torch.no_grad(), autocast_auto(x_nhwc.device):
                 self.model(to_model(x_nhwc))
         except _StopForward:
             pass
@@ -254,7 +257,7 @@ def linear_probe(model, rows: torch.Tensor, cfg: SSCConfig, ctx: ProtectContext)
     with torch.no_grad():
         for s in range(0, rows.numel(), cfg.eval_batch_size):
             idx = rows[s:s + cfg.eval_batch_size]
-            with autocast(ctx.device):
+            with autocast_auto(ctx.device):
                 feats.append(model.features(to_model(to_float(ctx.x[idx]))).float())
     f, y = torch.cat(feats), ctx.y[rows]
     head = model.head
@@ -266,13 +269,9 @@ def linear_probe(model, rows: torch.Tensor, cfg: SSCConfig, ctx: ProtectContext)
         if t % max(1, f.shape[0] // bs) == 0:
             order = torch.randperm(f.shape[0], generator=g, device=f.device)
         b = order[(t % max(1, f.shape[0] // bs)) * bs:][:bs]
-        lr = cfg.probe_lr * 0.5 * (1 + math.cos(math.pi * t / max(steps, 1)))  # cosine
         for group in opt.param_groups:
-            group["lr"] = lr
-        loss = F.cross_entropy(head(f[b]), y[b])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+            group["lr"] = cfg.probe_lr * lr_factor("cosine", t, max(steps, 1))
+        sgd_step(head, opt, f[b], y[b], 0.0, ctx.device)
     with torch.no_grad():
         return float((head(f).argmax(1) == y).double().mean())
 
@@ -285,7 +284,7 @@ def channel_scores(model, cam: Camouflage, rows: torch.Tensor, cfg: SSCConfig, c
     try:
         for s in range(0, rows.numel(), cfg.eval_batch_size):
             idx = rows[s:s + cfg.eval_batch_size]
-            with torch.enable_grad(), autocast(ctx.device):
+            with torch.enable_grad(), autocast_auto(ctx.device):
                 logits = model(to_model(to_float(ctx.x[idx])))
             a = cam.out
             g, = torch.autograd.grad(F.cross_entropy(logits.float(), ctx.y[idx], reduction="sum"), a)
@@ -321,7 +320,7 @@ class SSC(Protection):
         model, prior = build_from_prior(cfg, ctx, "ssc")
         k = int(cfg.shallow_stage)
         gi, module = shallow_group(model, k)
-        frozen = apply_paradigm(model, f"pf{k}")
+        frozen = freeze(model, f"pf{k}")
         cam = Camouflage(model, module, None, None, cfg.lambda_sub, cfg.lambda_cls)
         try:
             # ── 1-2: probe, channel scores, mask, codes (rank 0's, on every rank) ──
@@ -341,7 +340,7 @@ class SSC(Protection):
             opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             if cfg.variant == "feature":
-                delta, hist = sample_wise_rounds(ctx, cfg, model, opt, None, cam.loss,
+                delta, hist = min_min_rounds(ctx, cfg, model, opt, None, cam.loss,
                                                  prepare=lambda idx: cam.prepare(to_float(ctx.x[idx])), name="ssc")
                 granularity = "sample"
             else:
@@ -405,7 +404,7 @@ class SSC(Protection):
                     for _ in range(cfg.steps):
                         pp = p.requires_grad_(True)
                         xa = (xb + field(pp).index_select(0, yb)).clamp(0, 1)
-                        with autocast(dev):
+                        with autocast_auto(dev):
                             logits = model(to_model(xa))
                         grad, = torch.autograd.grad(cam.loss(logits, yb), pp)
                         p = (p.detach() - cfg.alpha * grad.sign()).clamp_(-cfg.eps, cfg.eps)
@@ -430,9 +429,8 @@ class SSC(Protection):
         every = torch.arange(n, device=ctx.device)
         rows_of = (lambda i: delta.index_select(0, i)) if granularity == "sample" else \
             (lambda i: delta.index_select(0, y[i]))
-        out = {"acc_clean": float(accuracy(model, x_u8, y, every, lambda i: torch.zeros_like(to_float(x_u8[i])),
-                                           cfg.eval_batch_size).item()),
-               "acc_protected": float(accuracy(model, x_u8, y, every, rows_of, cfg.eval_batch_size).item())}
+        out = {"acc_clean": float(rates(model, x_u8, y, batch=cfg.eval_batch_size)[0].item()),
+               "acc_protected": float(rates(model, x_u8, y, batch=cfg.eval_batch_size, delta_of=rows_of)[0].item())}
         idx = every[:cfg.eval_batch_size]
         x = to_float(x_u8[idx])
         noise = (torch.rand(x.shape, generator=ctx.generator(SALT_RANDOM), device=x.device) * 2 - 1) * cfg.eps

@@ -32,6 +32,7 @@ from .. import parallel
 from ..config import RunConfig, apply_overrides, result_keys, to_dict
 from ..data.store import Store, open_store
 from ..errors import ConfigError
+from .base import ProtectContext
 
 DEFAULT_CACHE_DIR = "~/.cache/ueperf"
 KEY_VERSION = 1  # bump when the training recipe changes in a way the config does not show
@@ -193,10 +194,43 @@ def make_surrogate_fn(store: Store, *, device: torch.device, seed: int, cache_di
     return surrogate
 
 
+# ───────────────────────────────────────────── a method's side ──
+def get_surrogate(ctx: ProtectContext, model_name: str, epochs: int, width: float, method: str) -> torch.nn.Module:
+    """The clean-data surrogate from ``ctx.surrogate``, frozen, eval mode, channels-last.
+
+    Its parameters are set to ``requires_grad=False``: crafting differentiates w.r.t. δ only,
+    and a frozen model lets autograd skip every weight-gradient kernel.
+    """
+    if ctx.surrogate is None:
+        raise ConfigError(f"{method} crafts against a surrogate trained on the clean data, but this "
+                          f"ProtectContext has no `surrogate` provider; run it through "
+                          f"`python -m ueperf.protect` (which trains and caches one) or pass "
+                          f"ProtectContext(surrogate=...)")
+    if int(epochs) < 1:
+        raise ConfigError(f"{method}: surrogate_epochs={epochs} must be >= 1 (epochs of clean training)")
+    if not float(width) > 0:
+        raise ConfigError(f"{method}: surrogate_width={width} must be > 0 (channel-width multiplier, 1 = published)")
+    model = ctx.surrogate(model_name, int(epochs), width=float(width))
+    model = model.to(ctx.device, memory_format=torch.channels_last).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def surrogate_details(model: torch.nn.Module, name: str, width: float, epochs: int) -> Dict[str, object]:
+    """What the manifest records about the surrogate: the request, plus the provider's record
+    (cache key, clean test accuracy, training time, ...) when it attached one."""
+    d: Dict[str, object] = {"model": name, "width": float(width), "epochs": int(epochs)}
+    extra = getattr(model, "surrogate_info", None)
+    if isinstance(extra, dict):
+        d.update({k: v for k, v in extra.items() if k not in ("key_doc", "config")})
+    return d
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, (tuple, list)):
         return ",".join(str(x) for x in v)
     return str(v)
 
 
-__all__ = ["surrogate_config", "surrogate_key", "train_surrogate", "make_surrogate_fn", "DEFAULT_CACHE_DIR"]
+__all__ = ["surrogate_config", "surrogate_key", "train_surrogate", "make_surrogate_fn", "get_surrogate",
+           "surrogate_details", "DEFAULT_CACHE_DIR"]
