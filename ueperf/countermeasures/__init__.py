@@ -21,11 +21,7 @@ from ..errors import ConfigError
 from ..registry import Registry
 
 
-def _load() -> None:
-    from . import adversarial, iss, regularize, standard, st, ueraser  # noqa: F401
-
-
-COUNTERMEASURES: Registry = Registry("countermeasure", loader=_load)
+COUNTERMEASURES: Registry = Registry("countermeasure", package=__name__)
 
 
 class Countermeasure:

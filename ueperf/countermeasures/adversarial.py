@@ -43,7 +43,6 @@ class AdversarialHook(TrainHook):
 
 @COUNTERMEASURES.register("at")
 class AT(Countermeasure):
-    name = "at"
     summary = "PGD adversarial training, ρ 4/255, 10 × 0.8/255 steps (spec §3.1)"
     options = ("at.eps", "at.alpha", "at.steps", "at.norm")
 

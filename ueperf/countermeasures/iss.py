@@ -83,14 +83,12 @@ class _ISSBase(Countermeasure):
 
 @COUNTERMEASURES.register("iss_gray")
 class ISSGray(_ISSBase):
-    name = "iss_gray"
     summary = "ISS grayscale: training images converted to luma once (spec §3.3)"
     kind = "gray"
 
 
 @COUNTERMEASURES.register("iss_jpeg")
 class ISSJpeg(_ISSBase):
-    name = "iss_jpeg"
     summary = "ISS JPEG: training images JPEG-compressed once at quality iss.jpeg_quality = 10 (spec §3.3)"
     kind = "jpeg"
     options = ("iss.jpeg_quality",)
@@ -98,7 +96,6 @@ class ISSJpeg(_ISSBase):
 
 @COUNTERMEASURES.register("iss_bdr")
 class ISSBdr(_ISSBase):
-    name = "iss_bdr"
     summary = "ISS bit-depth reduction: training images posterized once to iss.bits = 2 bits (spec §3.3)"
     kind = "bdr"
     options = ("iss.bits",)

@@ -93,7 +93,6 @@ class _RegBase(Countermeasure):
 
 @COUNTERMEASURES.register("cutout")
 class Cutout(_RegBase):
-    name = "cutout"
     summary = "Cutout: a zeroed reg.cutout_size² square per training image (spec §3.4)"
     options = ("reg.cutout_size",)
 
@@ -113,7 +112,6 @@ def _alpha_ok(v: float) -> bool:
 
 @COUNTERMEASURES.register("mixup")
 class Mixup(_RegBase):
-    name = "mixup"
     summary = "Mixup: convex pairs of images and labels, λ ~ Beta(1, 1) (spec §3.4)"
     options = ("reg.mixup_alpha",)
     replaces_loss = True
@@ -130,7 +128,6 @@ class Mixup(_RegBase):
 
 @COUNTERMEASURES.register("cutmix")
 class CutMix(_RegBase):
-    name = "cutmix"
     summary = "CutMix: a box from another image pasted per batch (p 0.5), labels by area (spec §3.4)"
     options = ("reg.cutmix_alpha", "reg.cutmix_p")
     replaces_loss = True
@@ -149,7 +146,6 @@ class CutMix(_RegBase):
 
 @COUNTERMEASURES.register("randaugment")
 class RandAugment(_RegBase):
-    name = "randaugment"
     summary = "RandAugment: reg.randaugment_n = 2 ops per image at magnitude reg.randaugment_m = 9 (spec §3.4)"
     options = ("reg.randaugment_n", "reg.randaugment_m")
     pixel_space = True
@@ -168,7 +164,6 @@ class RandAugment(_RegBase):
 
 @COUNTERMEASURES.register("trivialaugment")
 class TrivialAugment(_RegBase):
-    name = "trivialaugment"
     summary = "TrivialAugmentWide: one random op at a random magnitude per image (spec §3.4)"
     pixel_space = True
 
@@ -179,7 +174,6 @@ class TrivialAugment(_RegBase):
 
 @COUNTERMEASURES.register("autoaugment")
 class AutoAugment(_RegBase):
-    name = "autoaugment"
     summary = "AutoAugment, CIFAR-10 policy: one of 25 learned two-op sub-policies per image (spec §3.4)"
     pixel_space = True
 
@@ -190,7 +184,6 @@ class AutoAugment(_RegBase):
 
 @COUNTERMEASURES.register("gaussian")
 class Gaussian(_RegBase):
-    name = "gaussian"
     summary = "Gaussian filter of every training image, σ reg.blur_sigma = 1 px, 3×3 (spec §3.4)"
     options = ("reg.blur_sigma", "reg.blur_kernel")
 

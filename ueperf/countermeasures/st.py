@@ -267,13 +267,11 @@ class _ST(Countermeasure):
 
 @COUNTERMEASURES.register("st")
 class ST(_ST):
-    name = "st"
     summary = "progressive staged training: ACM-triggered rollback + shallow-to-deep lr damping (spec §4)"
 
 
 @COUNTERMEASURES.register("st_cg")
 class STCG(_ST):
-    name = "st_cg"
     summary = "ST with CG augmentation, base lr 0.2 (spec §4.5)"
     lr, cg = 0.2, True
     options = ST_OPTIONS + CG_OPTIONS
@@ -281,7 +279,6 @@ class STCG(_ST):
 
 @COUNTERMEASURES.register("st_full")
 class STFull(_ST):
-    name = "st_full"
     summary = "ST-CG, then fine-tune every layer with CG (lr 0.01, 30 epochs; spec §4.5)"
     lr, cg, finetune = 0.2, True, True
     options = ST_OPTIONS + CG_OPTIONS + ("st.finetune_epochs", "st.finetune_lr")

@@ -24,13 +24,11 @@ def check_cg(cfg) -> None:
 
 @COUNTERMEASURES.register("nt")
 class NT(Countermeasure):
-    name = "nt"
     summary = "natural training: the standard recipe, crop + flip (spec §3.0)"
 
 
 @COUNTERMEASURES.register("nt_cg")
 class NTCG(Countermeasure):
-    name = "nt_cg"
     summary = "natural training with CG: colour jitter p 0.8 + grayscale p 0.2 after crop/flip (spec §3.4)"
     options = CG_OPTIONS
 

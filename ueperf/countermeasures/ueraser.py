@@ -136,14 +136,12 @@ class _UEraserBase(Countermeasure):
 
 @COUNTERMEASURES.register("ueraser_lite")
 class UEraserLite(_UEraserBase):
-    name = "ueraser_lite"
     summary = "UEraser-Lite: plasma + channel shuffle + TrivialAugment on every image, R = 1 (spec §3.2)"
     variant = "lite"
 
 
 @COUNTERMEASURES.register("ueraser")
 class UEraser(_UEraserBase):
-    name = "ueraser"
     summary = "UEraser: max-loss over R = 5 augmented copies for the first 60 epochs, then R = 1 (spec §3.2)"
     variant = "standard"
     replaces_loss = True
@@ -151,7 +149,6 @@ class UEraser(_UEraserBase):
 
 @COUNTERMEASURES.register("ueraser_max")
 class UEraserMax(_UEraserBase):
-    name = "ueraser_max"
     summary = "UEraser-Max: max-loss over R = 5 augmented copies in every epoch (spec §3.2)"
     variant = "max"
     replaces_loss = True

@@ -18,42 +18,15 @@ wrn28_10      cifar              stem, 12 blocks, final BN + fc → 14
 wrn34_10      cifar              stem, 15 blocks, final BN + fc → 17
 ============  =================  ================================================
 
-Importing this package imports torch but builds nothing; the architecture modules are imported
-on the first registry lookup.
+Importing this package imports torch but builds nothing; every module of the package is imported
+on the first registry lookup, and an architecture registers itself in its own file
+(``@register_model``): a new one is one new file plus its test.
 """
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..registry import Registry
-from .base import STEMS, ModelSpec, UEModel, check_positive_int, check_width
+from .base import MODELS, STEMS, ModelSpec, UEModel, check_positive_int, check_width, register_model
 from .pretrained import load_pretrained
-
-
-def _load_builtin_models() -> None:
-    """Register the built-in architectures (imports their modules; called lazily by MODELS)."""
-    from . import densenet, resnet, vgg, wrn
-
-    # min_size = total down-sampling factor: the smallest side that still leaves a 1×1 map.
-    specs = [
-        ModelSpec("resnet18", resnet.resnet18, resnet.ResNet.stems, {"cifar": 8, "imagenet": 32},
-                  "ResNet-18 (torchvision names); CIFAR stem: 3x3 s1, no max-pool"),
-        ModelSpec("resnet50", resnet.resnet50, resnet.ResNet.stems, {"cifar": 8, "imagenet": 32},
-                  "ResNet-50 v1.5 (torchvision names)"),
-        ModelSpec("vgg16", vgg.vgg16, vgg.VGG.stems, {"cifar": 32},
-                  "VGG-16 with BN, one Linear(512, K) head (kuangliu layout)"),
-        ModelSpec("densenet121", densenet.densenet121, densenet.DenseNet.stems,
-                  {"cifar": 8, "imagenet": 32},
-                  "DenseNet-121, growth 32 (torchvision names, body = features)"),
-        ModelSpec("wrn28_10", wrn.wrn28_10, wrn.WideResNet.stems, {"cifar": 4},
-                  "Wide ResNet 28-10, pre-activation, dropout 0"),
-        ModelSpec("wrn34_10", wrn.wrn34_10, wrn.WideResNet.stems, {"cifar": 4},
-                  "Wide ResNet 34-10, pre-activation, dropout 0"),
-    ]
-    for spec in specs:
-        MODELS.register(spec.name)(spec)
-
-
-MODELS: Registry[ModelSpec] = Registry("model", loader=_load_builtin_models)
 
 
 def resolve_stem(spec: ModelSpec, image_size: int, stem: str) -> str:
@@ -99,4 +72,4 @@ def build_model(name: str, num_classes: int, image_size: int, width: float = 1.0
     return model
 
 
-__all__ = ["MODELS", "ModelSpec", "UEModel", "build_model", "load_pretrained", "resolve_stem"]
+__all__ = ["MODELS", "ModelSpec", "UEModel", "build_model", "load_pretrained", "register_model", "resolve_stem"]

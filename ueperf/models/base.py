@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from ..registry import Registry
 
 GroupRef = Union[int, str]
 
@@ -257,6 +258,20 @@ class ModelSpec:
 
     def __call__(self, num_classes: int, width: float = 1.0, stem: str = "cifar") -> UEModel:
         return self.build(num_classes, width, stem)
+
+
+# Every module of ueperf.models is imported on the first lookup: a new architecture is one new file
+# whose builder carries @register_model (timm's way).
+MODELS: Registry[ModelSpec] = Registry("model", package="ueperf.models")
+
+
+def register_model(name: str, *, stems: Tuple[str, ...], min_size: dict, description: str):
+    """Decorator on a builder ``fn(num_classes, width, stem) -> UEModel``: registers it as ``name``.
+    ``min_size[stem]`` = the total down-sampling factor (the smallest side leaving a 1×1 map)."""
+    def deco(fn: Callable[[int, float, str], UEModel]) -> Callable[[int, float, str], UEModel]:
+        MODELS.register(name)(ModelSpec(name, fn, tuple(stems), dict(min_size), description))
+        return fn
+    return deco
 
 
 def check_positive_int(value: object, what: str, hint: str) -> int:

@@ -22,7 +22,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from .base import UEModel, global_pool, init_weights, scale_channels
+from .base import UEModel, register_model, global_pool, init_weights, scale_channels
 
 
 class _DenseLayer(nn.Module):
@@ -130,5 +130,7 @@ class DenseNet(UEModel):
         return stages + [stages[-1] + 1]
 
 
+@register_model("densenet121", stems=DenseNet.stems, min_size={"cifar": 8, "imagenet": 32},
+                description="DenseNet-121, growth 32 (torchvision names, body = features)")
 def densenet121(num_classes: int, width: float = 1.0, stem: str = "cifar") -> DenseNet:
     return DenseNet((6, 12, 24, 16), num_classes, width, stem)

@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple, Type, Union
 import torch
 from torch import nn
 
-from .base import UEModel, init_weights, scale_channels
+from .base import UEModel, register_model, init_weights, scale_channels
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -149,10 +149,14 @@ class ResNet(UEModel):
         return stages + [5]
 
 
+@register_model("resnet18", stems=ResNet.stems, min_size={"cifar": 8, "imagenet": 32},
+                description="ResNet-18 (torchvision names); CIFAR stem: 3x3 s1, no max-pool")
 def resnet18(num_classes: int, width: float = 1.0, stem: str = "cifar") -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, width, stem)
 
 
+@register_model("resnet50", stems=ResNet.stems, min_size={"cifar": 8, "imagenet": 32},
+                description="ResNet-50 v1.5 (torchvision names)")
 def resnet50(num_classes: int, width: float = 1.0, stem: str = "cifar") -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, width, stem)
 

@@ -19,7 +19,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from .base import UEModel, global_pool, init_weights, scale_channels
+from .base import UEModel, register_model, global_pool, init_weights, scale_channels
 
 # Channels of the 13 convs; "M" = 2×2 max-pool, stride 2 (VGG configuration "D").
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -75,5 +75,7 @@ class VGG(UEModel):
         return stages + [max(stages) + 1]
 
 
+@register_model("vgg16", stems=VGG.stems, min_size={"cifar": 32},
+                description="VGG-16 with BN, one Linear(512, K) head (kuangliu layout)")
 def vgg16(num_classes: int, width: float = 1.0, stem: str = "cifar") -> VGG:
     return VGG(VGG16_CFG, num_classes, width, stem)

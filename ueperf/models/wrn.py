@@ -18,7 +18,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from .base import UEModel, global_pool, init_weights, scale_channels
+from .base import UEModel, register_model, global_pool, init_weights, scale_channels
 
 
 class WideBasic(nn.Module):
@@ -103,9 +103,13 @@ class WideResNet(UEModel):
         return stages + [4]
 
 
+@register_model("wrn28_10", stems=WideResNet.stems, min_size={"cifar": 4},
+                description="Wide ResNet 28-10, pre-activation, dropout 0")
 def wrn28_10(num_classes: int, width: float = 1.0, stem: str = "cifar") -> WideResNet:
     return WideResNet(28, 10, num_classes, width, stem)
 
 
+@register_model("wrn34_10", stems=WideResNet.stems, min_size={"cifar": 4},
+                description="Wide ResNet 34-10, pre-activation, dropout 0")
 def wrn34_10(num_classes: int, width: float = 1.0, stem: str = "cifar") -> WideResNet:
     return WideResNet(34, 10, num_classes, width, stem)

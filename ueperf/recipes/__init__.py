@@ -11,11 +11,7 @@ from ..config import RunConfig
 from ..registry import Registry
 
 
-def _load() -> None:
-    from . import standard  # noqa: F401
-
-
-RECIPES: Registry = Registry("recipe", loader=_load)
+RECIPES: Registry = Registry("recipe", package=__name__)
 
 
 def build(name: str, overrides: Optional[List[str]] = None, countermeasure: str = "",

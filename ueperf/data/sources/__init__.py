@@ -35,11 +35,7 @@ from ...registry import Registry
 COMMON_KEY_FIELDS = ("image_size", "train_limit", "test_limit", "classes")
 
 
-def _load_builtin() -> None:
-    from . import cifar, embedded, imagefolder, synthetic  # noqa: F401  (registers the sources)
-
-
-SOURCES: Registry[Callable[[DataConfig], "RawData"]] = Registry("data source", loader=_load_builtin)
+SOURCES: Registry[Callable[[DataConfig], "RawData"]] = Registry("data source", package=__name__)
 
 
 @dataclass
