@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness  # noqa: E402,F401  (bench/ is on the path: puts the checkout on it too)
 
 from ueperf.engine.hooks import TrainHook  # noqa: E402
 from ueperf.metrics.acm import acm, extract_features, select_subset  # noqa: E402

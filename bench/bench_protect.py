@@ -26,7 +26,6 @@ import argparse
 import csv
 import dataclasses
 import datetime
-import os
 import re
 import sys
 import tempfile
@@ -34,25 +33,13 @@ import time
 import typing
 from pathlib import Path
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import hardware_name, sync  # noqa: E402  (bench/ is on the path: run as a script)
 
 # Caps for a CPU run (fields that exist in a method's Config only); --set overrides them.
 CPU_CAPS = {"max_rounds": 2, "iterations": 4, "regen_batch_size": 256}
 INFO_KEYS = ("rounds", "iterations", "surrogate_acc", "stopped")
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def hardware_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 def slug(text: str) -> str:

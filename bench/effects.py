@@ -30,16 +30,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from harness import REPO as ROOT, cpu_name, hardware_tag  # noqa: E402  (bench/ is on the path: run as a script)
 from ueperf.grid import Cell, Grid, GridRunner, Row  # noqa: E402
 from ueperf.reports.tables import mean_std  # noqa: E402
 
@@ -308,6 +305,11 @@ def run_setting(setting: Setting, checks: Sequence[Check], seeds: Sequence[int],
     return runner
 
 
+def _device():
+    import torch
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def fmt_values(vals: Sequence[Optional[float]], unit: str) -> str:
     m, sd, n = mean_std(vals)
     if m is None:
@@ -315,26 +317,6 @@ def fmt_values(vals: Sequence[Optional[float]], unit: str) -> str:
     scale = 100.0 if unit == "points" else 1.0
     d = 1 if unit == "points" else 3
     return f"{scale * m:.{d}f}" + (f" ± {scale * sd:.{d}f}" if sd is not None else "")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware_tag() -> str:
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name().replace(" ", "-").lower()
-    except Exception:  # noqa: BLE001
-        pass
-    return f"cpu-{os.cpu_count()}core"
 
 
 def report(results: List[Dict], seeds: Sequence[int], command: str, wall: float, quick: bool) -> str:
@@ -413,7 +395,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     command = "python bench/effects.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(results, seeds, command.strip(), wall, args.quick)
-    stem = f"effects{'_quick' if args.quick else ''}_{hardware_tag()}_{time.strftime('%Y-%m-%d')}"
+    stem = f"effects{'_quick' if args.quick else ''}_{hardware_tag(_device())}_{time.strftime('%Y-%m-%d')}"
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"{stem}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -22,8 +22,7 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import REPO as ROOT  # noqa: E402  (bench/ is on the path: run as a script)
 
 # The protections' small budgets (the contract test's), applied where the Config has the key.
 FAST = {

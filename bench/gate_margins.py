@@ -22,17 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from harness import REPO as ROOT, cpu_name  # noqa: E402  (bench/ is on the path: run as a script)
 
 
 def run(seeds, threads, log: Path, extra) -> list:

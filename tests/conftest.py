@@ -136,10 +136,10 @@ def cifar_arrays(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def small_prior(cifar_arrays, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
-    import torch.nn.functional as F
 
-    from ueperf.kernels.augment import augment_ref, sample_params
+    from ueperf.augment.eot import eot_augment
     from ueperf.models import build_model
+    from ueperf.protections.crafting import sgd_step
     x, y = cifar_arrays
     xp = torch.from_numpy(x[PRIOR_FIRST:]).float() / 255
     yp = torch.from_numpy(y[PRIOR_FIRST:])
@@ -152,14 +152,12 @@ def small_prior(cifar_arrays, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # one thread whoever asks first: the float sums (hence the prior's bytes) depend on the count
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    crop_flip = eot_augment(1)  # random crop (4 px) + flip
     for _ in range(2):
         perm = torch.randperm(len(yp), generator=g)
         for s in range(0, len(yp) - 127, 128):
             i = perm[s:s + 128]
-            loss = F.cross_entropy(model(augment_ref(xp[i], sample_params(len(i), 32, 32, generator=g))), yp[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            sgd_step(model, opt, crop_flip(xp[i], g), yp[i], 0.0, torch.device("cpu"))
     torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("prior") / "prior.pt"
     torch.save(model.state_dict(), path)

@@ -14,6 +14,7 @@ import torch
 
 from ueperf.errors import ConfigError, DataError
 from ueperf.data import ffcv_loader as fl
+from ueperf.data.order import epoch_order
 
 
 def _ffcv_import_error():
@@ -72,19 +73,19 @@ def test_missing_ffcv_is_a_config_error(monkeypatch):
 
 def test_epoch_order_contract():
     n, world = 23, 3
-    full = fl.epoch_order(n, shuffle=True, seed=5, epoch=2)
+    full = epoch_order(n, shuffle=True, seed=5, epoch=2)
     assert sorted(full.tolist()) == list(range(n))
-    np.testing.assert_array_equal(full, fl.epoch_order(n, shuffle=True, seed=5, epoch=2))
-    assert not np.array_equal(full, fl.epoch_order(n, shuffle=True, seed=5, epoch=3))
+    np.testing.assert_array_equal(full, epoch_order(n, shuffle=True, seed=5, epoch=2))
+    assert not np.array_equal(full, epoch_order(n, shuffle=True, seed=5, epoch=3))
     # (seed, epoch) is hashed as a pair: seed+1 at epoch e is not seed at epoch e+1
-    assert not np.array_equal(fl.epoch_order(n, shuffle=True, seed=6, epoch=2),
-                              fl.epoch_order(n, shuffle=True, seed=5, epoch=3))
-    parts = [fl.epoch_order(n, shuffle=True, seed=5, epoch=2, rank=r, world_size=world, drop_last=True)
+    assert not np.array_equal(epoch_order(n, shuffle=True, seed=6, epoch=2),
+                              epoch_order(n, shuffle=True, seed=5, epoch=3))
+    parts = [epoch_order(n, shuffle=True, seed=5, epoch=2, rank=r, world_size=world, drop_last=True)
              for r in range(world)]
     assert [len(p) for p in parts] == [n // world] * world
     for r, p in enumerate(parts):
         np.testing.assert_array_equal(p, full[: world * (n // world)][r::world])
-    tails = [fl.epoch_order(n, shuffle=False, seed=0, epoch=0, rank=r, world_size=world) for r in range(world)]
+    tails = [epoch_order(n, shuffle=False, seed=0, epoch=0, rank=r, world_size=world) for r in range(world)]
     assert sorted(np.concatenate(tails).tolist()) == list(range(n))
 
 
@@ -98,7 +99,7 @@ def test_epoch_order_matches_the_device_loader(shuffle, drop_last, world):
                           rank=r, world_size=world)
         for epoch in (0, 5):
             np.testing.assert_array_equal(
-                fl.epoch_order(N, shuffle=shuffle, seed=11, epoch=epoch, rank=r, world_size=world,
+                epoch_order(N, shuffle=shuffle, seed=11, epoch=epoch, rank=r, world_size=world,
                                drop_last=drop_last),
                 dl.order(epoch).numpy())
 
@@ -174,7 +175,7 @@ def test_shuffled_epochs(tmp_path):
     e1 = order()
     assert sorted(e0.tolist()) == list(range(N)) and sorted(e1.tolist()) == list(range(N))
     assert not np.array_equal(e0, e1)
-    np.testing.assert_array_equal(e0, fl.epoch_order(N, shuffle=True, seed=7, epoch=0))
+    np.testing.assert_array_equal(e0, epoch_order(N, shuffle=True, seed=7, epoch=0))
     loader.set_epoch(1)
     np.testing.assert_array_equal(order(), e1)  # same (seed, epoch) -> same order
     loader.set_epoch(0)
@@ -201,7 +202,7 @@ def test_ranks_partition_the_epoch_and_drop_the_tail(tmp_path):
     per_rank = [torch.cat([b[2] for b in _epoch(ld)]).numpy() for ld in loaders]
     # 37 // 2 = 18 samples per rank -> 3 full batches of 5 each, the rest dropped
     assert [len(ld) for ld in loaders] == [3, 3] and [len(p) for p in per_rank] == [15, 15]
-    perm = fl.epoch_order(N, shuffle=True, seed=3, epoch=4)[: world * (N // world)]
+    perm = epoch_order(N, shuffle=True, seed=3, epoch=4)[: world * (N // world)]
     for r, got in enumerate(per_rank):
         np.testing.assert_array_equal(got, perm[r::world][:15])
     assert not set(per_rank[0]) & set(per_rank[1])

@@ -1,10 +1,22 @@
-"""Import layering (ARCHITECTURE §1), checked by an AST scan of every module.
+"""Import layering (ARCHITECTURE §1, docs/CONTRACTS.md), checked by an AST scan of every module.
 
+Every top-level part of the package has a layer; a module imports only from its own layer or a
+lower one, lazily or not (an arrow up is a design error, not a style question):
+
+    0  errors, files, registry, precision, config      what everything uses
+    1  kernels, models, metrics, parallel, reports     leaves with one job each
+    2  data, augment                                   images at rest and their transforms
+    3  engine                                          the one training loop, the one PGD
+    4  paradigms, countermeasures, protections         the methods
+    5  recipes                                         experiments as configs
+    6  train, protect, calibrate, prior, grid, sweep, cli   the CLIs and the wiring
+
+and further:
+
+- no import cycles between modules, lazy imports included;
 - kernels/ import only torch (triton lazily, inside functions) and the standard library
   (plus ueperf.errors for user-facing messages);
 - only parallel/ imports torch.distributed or deepspeed;
-- models/, data/, engine/, kernels/ never import a method package (protections,
-  countermeasures, paradigms);
 - nothing heavy at package import: ueperf/__init__ imports no third-party module.
 """
 import ast
@@ -12,7 +24,6 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "ueperf"
-METHOD_PACKAGES = ("protections", "countermeasures", "paradigms")
 STDLIB = set(sys.stdlib_module_names)
 
 
@@ -75,15 +86,86 @@ def test_kernels_import_only_torch():
     assert not bad, "\n".join(bad)
 
 
-def test_core_never_imports_methods():
+LAYERS = {
+    "errors": 0, "files": 0, "registry": 0, "precision": 0, "config": 0, "__version__": 0,
+    "kernels": 1, "models": 1, "metrics": 1, "parallel": 1, "reports": 1,
+    "data": 2, "augment": 2,
+    "engine": 3,
+    "paradigms": 4, "countermeasures": 4, "protections": 4,
+    "recipes": 5,
+    "train": 6, "protect": 6, "calibrate": 6, "prior": 6, "grid": 6, "sweep": 6, "cli": 6,
+}
+
+
+def _part(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("").parts
+    return rel[0] if rel != ("__init__",) else "__init__"
+
+
+def test_every_part_has_a_layer():
+    parts = {_part(f) for f in _files()} - {"__init__"}
+    assert not parts - set(LAYERS), f"place these in tests/test_layering.py LAYERS: {sorted(parts - set(LAYERS))}"
+
+
+def test_imports_only_go_down_the_layers():
     bad = []
-    for sub in ("models", "data", "engine", "kernels", "parallel", "metrics"):
-        for f in _files(sub):
-            for mod, _ in _imports(f):
-                parts = mod.split(".")
-                if parts[0] == "ueperf" and len(parts) > 1 and parts[1] in METHOD_PACKAGES:
-                    bad.append(f"{f.relative_to(PKG)} imports {mod}")
+    for f in _files():
+        me = _part(f)
+        if me == "__init__":
+            continue
+        for mod, top in _imports(f):
+            parts = mod.split(".")
+            if parts[0] != "ueperf" or len(parts) < 2:
+                continue
+            if LAYERS[parts[1]] > LAYERS[me]:
+                bad.append(f"{f.relative_to(PKG)} (layer {LAYERS[me]}) imports {mod} (layer {LAYERS[parts[1]]})"
+                           f"{'' if top else ', lazily'}")
     assert not bad, "\n".join(bad)
+
+
+def _module_graph():
+    mods = {}
+    for f in _files():
+        rel = f.relative_to(PKG.parent).with_suffix("").parts
+        mods[".".join(rel[:-1] if rel[-1] == "__init__" else rel)] = f
+
+    def resolve(m):  # "a.b.c" is a module, or a name in module a.b
+        while m and m not in mods:
+            m = m.rpartition(".")[0]
+        return m
+
+    return {n: {resolve(m) for m, _ in _imports(f) if m.startswith("ueperf")} - {n, ""} for n, f in mods.items()}
+
+
+def test_no_import_cycles():
+    graph = _module_graph()
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
 
 
 def test_package_init_is_light():

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ueperf.data import make_loader, write_store
-from ueperf.data.loaders import DeviceLoader, epoch_permutation
+from ueperf.data.loaders import DeviceLoader
+from ueperf.data.order import epoch_permutation
 from ueperf.data.store import Split
 from ueperf.errors import ConfigError, DataError
 

@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     from .data.store import Split
     from .errors import ConfigError
     from .recipes import build
-    from .files import write_json_atomic
+    from .files import write_json_atomic, write_text_atomic
+    from .reports.tables import md_table
 
     grid = parse_grid(args.grid or DEFAULT_GRID)
     if args.holdout < 1:
@@ -97,17 +98,14 @@ def main(argv=None) -> int:
            "config": to_dict(base)}
     write_json_atomic(out / "calibration.json", doc)
     keys = [k for k, _ in grid]
+    table = md_table([*keys, "held-out acc", "held-out loss", "test acc (monitor)", "rejections"],
+                     [[*(r["point"][k] for k in keys), f"{100 * r['holdout_acc']:.1f} %", f"{r['holdout_loss']:.3f}",
+                       f"{100 * (r['test_acc'] or 0):.2f} %", f"{r['rejections']}" + (" **←**" if r is choice else "")]
+                      for r in rows])
     lines = [f"# Calibration of {args.countermeasure} on {doc['dataset']}", "",
              f"Selected on {args.holdout} held-out clean test images (excluded from every run's test set).", "",
-             "| " + " | ".join(keys) + " | held-out acc | held-out loss | test acc (monitor) | rejections |",
-             "|" + " --- |" * (len(keys) + 4)]
-    for r in rows:
-        mark = " **←**" if r is choice else ""
-        lines.append("| " + " | ".join(r["point"][k] for k in keys) +
-                     f" | {100 * r['holdout_acc']:.1f} % | {r['holdout_loss']:.3f} | "
-                     f"{100 * (r['test_acc'] or 0):.2f} % | {r['rejections']}{mark} |")
-    lines += ["", f"Choice: `{doc['set']}`"]
-    (out / "calibration.md").write_text("\n".join(lines) + "\n")
+             *table, "", f"Choice: `{doc['set']}`"]
+    write_text_atomic(out / "calibration.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'calibration.json'} and calibration.md")
     return 0

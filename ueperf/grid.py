@@ -327,8 +327,9 @@ class GridRunner:
         for row, seed in dict.fromkeys((c.row, c.seed) for c in todo):
             self.store(row, seed)
         import multiprocessing as mp
-        import os
         from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from .parallel import usable_cpus
         try:
             import torch
             ndev = torch.cuda.device_count()
@@ -336,7 +337,7 @@ class GridRunner:
             ndev = 0
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, usable_cpus() // workers)
         failed: List[str] = []
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                  initargs=(counter, ndev, threads)) as pool:

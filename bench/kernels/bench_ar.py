@@ -25,10 +25,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helpers, run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared harness
 
 import torch  # noqa: E402
-from bench_augment import REPO, hardware_name, print_table, timeit_ms, versions, write_csv  # noqa: E402
+from harness import REPO, hardware_name, print_table, timeit_ms, versions, write_csv  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 

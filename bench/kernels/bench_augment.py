@@ -29,114 +29,17 @@ Writes a CSV to ``--out`` (default bench/results/), named by kernel, hardware an
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as _dt
-import platform
-import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared harness
 
 import torch  # noqa: E402
+from harness import (DTYPES, REPO, compile_skip_reason, hardware_name, pick_device, print_table,  # noqa: E402
+                     timeit_ms, triton_skip_reason, versions, write_csv)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared helpers (bench_pgd.py imports these)
-# ---------------------------------------------------------------------------------------------
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
-    return dev
-
-
-def hardware_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def timeit_ms(fn, device: torch.device, *, warmup: int, reps: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds (CUDA events on GPU)."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        times = []
-        for _ in range(reps):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def triton_skip_reason(device: torch.device):
-    from ueperf.kernels._dispatch import triton_available
-
-    if device.type != "cuda":
-        return "triton: skipped, needs a CUDA device (the CPU interpreter is not a speed path)"
-    if not triton_available():
-        return "triton: skipped, triton is not importable"
-    return None
-
-
-def compile_skip_reason(device: torch.device):
-    if device.type != "cuda":
-        return "torch.compile: skipped, benchmarked on CUDA only (inductor on CPU needs a C++ toolchain)"
-    return None
-
-
-def print_table(rows, columns) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    print("  ".join("-" * widths[c] for c in columns))
-    for r in rows:
-        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
-
-
-def write_csv(rows, columns, out_dir: str, kernel: str, device: torch.device) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    hw = re.sub(r"[^A-Za-z0-9]+", "-", hardware_name(device)).strip("-").lower() or device.type
-    path = out / f"{kernel}_{hw}_{_dt.date.today().isoformat()}.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
-def versions() -> str:
-    try:
-        import triton
-
-        tv = triton.__version__
-    except Exception:  # noqa: BLE001 — report, never fail
-        tv = "absent"
-    return f"torch {torch.__version__}, triton {tv}, python {platform.python_version()}"
 
 
 # ---------------------------------------------------------------------------------------------

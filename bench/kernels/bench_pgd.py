@@ -23,10 +23,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helpers, run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared harness
 
 import torch  # noqa: E402
-from bench_augment import (  # noqa: E402
+from harness import (  # noqa: E402
     DTYPES,
     REPO,
     compile_skip_reason,

@@ -47,6 +47,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, write_json_atomic
+from ..parallel import usable_cpus
+from .order import epoch_order
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,7 @@ def write_beton(split: Any, path: PathLike, *, overwrite: bool = False, encoding
                         f"encoding={encoding!r} (its sidecar {_sidecar(path).name} is missing or "
                         f"differs); pass overwrite=True to replace it, or delete it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    workers = num_workers if num_workers and num_workers > 0 else _cores()
+    workers = num_workers if num_workers and num_workers > 0 else usable_cpus()
     fields = {
         "image": ffcv.fields.RGBImageField(write_mode=encoding, jpeg_quality=jpeg_quality),
         "label": ffcv.fields.IntField(),
@@ -227,13 +229,6 @@ def _ffcv_version() -> Optional[str]:
         return metadata.version("ffcv")  # ffcv.__version__ says 0.0.3rc1 in the 1.0.2 release
     except metadata.PackageNotFoundError:
         return None
-
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def default_beton_path(split: Any, *, encoding: str = "raw", cache_dir: Optional[PathLike] = None) -> Path:
@@ -284,26 +279,6 @@ def _file_lock(path: Path):
 
 
 # ───────────────────────────────────────────── order ──
-def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                drop_last: bool = False) -> np.ndarray:
-    """The sample rows rank `rank` visits in epoch `epoch` (CONTRACTS.md, data/).
-
-    ``perm = default_rng([seed, epoch]).permutation(n)`` when shuffling (the one definition,
-    ``loaders.epoch_permutation``, so this backend and the device-resident one visit samples in
-    the same order), ``arange(n)`` otherwise; with `drop_last` the permutation is first cut to
-    ``world_size * (n // world_size)`` so every rank gets the same count; rank r takes
-    ``perm[r::world_size]``. int64 (n_rank,).
-    """
-    if shuffle:
-        from .loaders import epoch_permutation
-        perm = epoch_permutation(n, int(seed), int(epoch)).numpy()
-    else:
-        perm = np.arange(n, dtype=np.int64)
-    if drop_last:
-        perm = perm[: world_size * (n // world_size)]
-    return perm[rank::world_size].astype(np.int64, copy=False)
-
-
 def _make_order(ffcv, loader, fn):
     """An ffcv TraversalOrder whose epoch-e order is ``fn(e)`` (uint64, as ffcv's own orders)."""
 
@@ -367,7 +342,7 @@ class FFCVLoader:
         self.epoch = 0
         if num_workers is None or num_workers < 1:
             local = int(os.environ.get("LOCAL_WORLD_SIZE") or self.world_size)
-            num_workers = max(1, _cores() // max(1, local))
+            num_workers = max(1, usable_cpus() // max(1, local))
         self.num_workers = int(num_workers)
 
         per_rank = len(range(self.rank, (self.world_size * (n // self.world_size)) if self.drop_last else n,

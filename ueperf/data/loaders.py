@@ -9,7 +9,7 @@ device the same code runs with CPU tensors (the CPU twin used by tests and CPU t
 Sharding (the contract in docs/CONTRACTS.md): the permutation of epoch e is
 ``numpy.random.default_rng([seed, e]).permutation(N)`` (a SeedSequence hash of the pair, so
 (seed, e + 1) and (seed + 1, e) are unrelated), computed on the host: the same on every rank, on
-every device type, and in the FFCV backend (``ffcv_loader.epoch_order``), so switching
+every device type, and in the FFCV backend (both use :mod:`ueperf.data.order`), so switching
 ``data.loader`` does not change a run's data order. Rank r of W takes ``perm[r::W]``.
 ``set_epoch(e)`` selects the epoch the next iteration runs; each iteration then advances it
 by one (as the FFCV backend does), so a loop that never calls it still sees fresh orders.
@@ -33,20 +33,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .order import epoch_order
 
 BACKENDS = ("auto", "gpu", "cpu", "ffcv")
 _COPY_CHUNK = 64 << 20  # bytes per host→device copy when uploading a memory-mapped split
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The epoch's order of the N samples: (N,) int64 on the CPU, identical on every rank.
-
-    ``default_rng([seed, epoch]).permutation(n)``; seed and epoch must be >= 0.
-    """
-    if seed < 0 or epoch < 0:
-        raise ConfigError(f"loader: seed={seed}, epoch={epoch}: both must be >= 0")
-    perm = np.random.default_rng([int(seed), int(epoch)]).permutation(n).astype(np.int64)
-    return torch.from_numpy(perm)
 
 
 def split_nbytes(split: Any) -> int:
@@ -131,11 +121,9 @@ class DeviceLoader:
 
     def order(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices in ``epoch``, (per_rank,) int64 on the storage device."""
-        perm = (epoch_permutation(self.n, self.seed, epoch) if self.shuffle
-                else torch.arange(self.n, dtype=torch.int64))
-        if self.drop_last:
-            perm = perm[: self.per_rank * self.world_size]
-        order = perm[self.rank::self.world_size].contiguous()
+        order = torch.from_numpy(epoch_order(self.n, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
+                                             rank=self.rank, world_size=self.world_size,
+                                             drop_last=self.drop_last).copy())
         if self.storage_device.type == "cuda":
             # One small copy per epoch, from pinned memory so it does not block the host.
             return order.pin_memory().to(self.storage_device, non_blocking=True)

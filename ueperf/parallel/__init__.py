@@ -39,6 +39,14 @@ class DistContext:
         return self.world_size > 1 or self.backend == "deepspeed"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask on Linux, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _env_int(name: str, default: int) -> int:
     v = os.environ.get(name)
     return int(v) if v not in (None, "") else default
@@ -145,6 +153,30 @@ def all_gather_object(obj: Any, ctx: DistContext) -> List[Any]:
     out: List[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_rows(rows: torch.Tensor, shard: torch.Tensor, n: int, ctx: DistContext) -> torch.Tensor:
+    """Rows of this rank's ``shard`` (sample indices, in shard order) → the full (n, ...) tensor on
+    every rank. Built on :func:`all_reduce_sum`: each rank puts its rows into a zero tensor and the
+    shards are disjoint, so the sum is the assembly, exactly (x + 0 = x)."""
+    if rows.shape[0] != shard.numel():
+        raise ValueError(f"gather: got {rows.shape[0]} rows for a shard of {shard.numel()} samples")
+    if ctx.world_size == 1 and bool((shard == torch.arange(n, device=shard.device)).all()):
+        return rows
+    full = torch.zeros((n, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    full[shard.to(rows.device)] = rows
+    return all_reduce_sum(full, ctx)
+
+
+def broadcast_tensor(t: torch.Tensor, ctx: DistContext, src: int = 0) -> torch.Tensor:
+    """``t`` of rank ``src`` on every rank (identity on one process); bool tensors travel as uint8."""
+    if ctx.world_size == 1:
+        return t
+    dt = t.dtype
+    buf = t.to(torch.uint8) if dt == torch.bool else t
+    buf = buf.clone() if ctx.rank == src else torch.zeros_like(buf)
+    all_reduce_sum(buf, ctx)
+    return buf.to(dt)
 
 
 def barrier(ctx: DistContext) -> None:

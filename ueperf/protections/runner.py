@@ -16,10 +16,9 @@ hashes; an existing store with the same key is reused (opened and verified), any
 path is refused unless ``overwrite``. Device and process count are not part of the key.
 
 Distributed (torchrun): every rank runs this; sample-wise methods craft ``ctx.shard`` =
-``arange(N)[rank::world]`` and ``ctx.gather`` reassembles the full δ on every rank. The gather
-and ``ctx.broadcast`` are built on ``parallel.all_reduce_sum`` (each rank contributes its rows
-into a zero tensor; the shards are disjoint, so the sum is the assembly, exactly). Rank 0 applies
-δ and writes the store; the others wait for it and open the result.
+``arange(N)[rank::world]`` and ``ctx.gather`` reassembles the full δ on every rank
+(:func:`ueperf.parallel.gather_rows`; ``ctx.broadcast`` is :func:`ueperf.parallel.broadcast_tensor`).
+Rank 0 applies δ and writes the store; the others wait for it and open the result.
 """
 from __future__ import annotations
 
@@ -44,6 +43,7 @@ from ..data.store import Store, is_store, open_store
 from ..errors import ConfigError, DataError
 from . import PROTECTIONS
 from ..data.budget import NORMS, measure, size_limit
+from ..files import json_safe
 from .base import GRANULARITIES, Perturbation, ProtectContext, apply, select_indices
 from .surrogate import DEFAULT_CACHE_DIR, make_surrogate_fn
 
@@ -93,32 +93,10 @@ def check_config(method: str, cfg: Any) -> None:
         raise ConfigError(f"method {method!r}: batch_size={cfg.batch_size!r}; must be an integer >= 1")
 
 
-def _jsonable(v: Any) -> Any:
-    """Make method diagnostics JSON-safe: tensors/arrays become numbers or lists, NaN a string."""
-    if isinstance(v, torch.Tensor):
-        v = v.detach().cpu()
-        return _jsonable(v.item() if v.numel() == 1 else v.tolist())
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if isinstance(v, np.generic):
-        return _jsonable(v.item())
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return _jsonable(dataclasses.asdict(v))
-    return repr(v)
-
-
 def protection_key(method: str, cfg: Any, ratio: float, seed: int, clean: Store,
                    surrogate_overrides: Sequence[str] = ()) -> Tuple[str, Dict[str, Any]]:
     """(hex sha256, the document it hashes) naming one protected set."""
-    doc = {"key_version": KEY_VERSION, "method": method, "config": _jsonable(dataclasses.asdict(cfg)),
+    doc = {"key_version": KEY_VERSION, "method": method, "config": json_safe(dataclasses.asdict(cfg)),
            "ratio": float(ratio), "seed": int(seed), "surrogate_overrides": list(surrogate_overrides),
            "clean_hashes": {f: e["sha256"] for f, e in sorted(clean.manifest["files"].items())}}
     prior = getattr(cfg, "prior", "")
@@ -143,38 +121,6 @@ def open_clean(clean: Union[Store, str, os.PathLike], verify: bool = True) -> St
     return st
 
 
-# ───────────────────────────────────────────── collectives ──
-def _gather_fn(dist: parallel.DistContext, shard: torch.Tensor, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def gather(rows: torch.Tensor) -> torch.Tensor:
-        """Rows of this rank's shard (in shard order) → the full (N, ...) tensor on every rank."""
-        if rows.shape[0] != shard.numel():
-            raise ValueError(f"gather: got {rows.shape[0]} rows for a shard of {shard.numel()} samples")
-        if dist.world_size == 1:
-            if bool((shard == torch.arange(n, device=shard.device)).all()):
-                return rows
-            full = torch.zeros((n, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-            full[shard.to(rows.device)] = rows
-            return full
-        # Disjoint shards: summing zero-filled copies assembles the rows exactly (x + 0 = x).
-        full = torch.zeros((n, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-        full[shard.to(rows.device)] = rows
-        return parallel.all_reduce_sum(full, dist)
-    return gather
-
-
-def _broadcast_fn(dist: parallel.DistContext) -> Callable[..., torch.Tensor]:
-    def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
-        """``t`` of rank ``src`` on every rank (identity on one process)."""
-        if dist.world_size == 1:
-            return t
-        dt = t.dtype
-        buf = t.to(torch.uint8) if dt == torch.bool else t
-        buf = buf.clone() if dist.rank == src else torch.zeros_like(buf)
-        parallel.all_reduce_sum(buf, dist)
-        return buf.to(dt)
-    return broadcast
-
-
 # ───────────────────────────────────────────── craft ──
 @dataclass
 class Crafted:
@@ -197,7 +143,7 @@ def _logger(progress: bool, store: List[Dict[str, Any]]) -> Callable[[Dict[str, 
     last = [0.0]
 
     def log(d: Dict[str, Any]) -> None:
-        entry = _jsonable(dict(d))
+        entry = json_safe(dict(d))
         entry["t_s"] = round(time.perf_counter() - t0, 3)
         if len(store) >= _LOG_MEMORY:
             del store[: _LOG_MEMORY // 2]
@@ -249,7 +195,7 @@ def craft(method: str, clean: Union[Store, str, os.PathLike], *, overrides: Sequ
         rank=dist.rank, world_size=dist.world_size, shard=shard, progress=show,
         surrogate=make_surrogate_fn(store, device=dev, seed=int(seed), cache_dir=cache_dir, progress=show,
                                     dist=dist, forced=surrogate_overrides, record=surrogates),
-        gather=_gather_fn(dist, shard, n), broadcast=_broadcast_fn(dist), log=_logger(show, logs))
+        gather=lambda rows: parallel.gather_rows(rows, shard, n, dist), broadcast=lambda t, src=0: parallel.broadcast_tensor(t, dist, src), log=_logger(show, logs))
     fields.update(ctx_extra)
     ctx = ProtectContext(**fields)
     _sync(dev)
@@ -338,23 +284,23 @@ def _write(crafted: Crafted, pert: Perturbation, store: Store, path: Path, key: 
     gran = pert.granularity
     meta = {
         "method": crafted.method,
-        "config": _jsonable(dataclasses.asdict(cfg)), "overrides": crafted.overrides,
+        "config": json_safe(dataclasses.asdict(cfg)), "overrides": crafted.overrides,
         "surrogate_overrides": crafted.surrogate_overrides,
         "eps": float(pert.eps), "norm": pert.norm, "granularity": gran,
         "seed": crafted.seed, "ratio": float(ratio),
         "key": key, "key_doc": doc,
-        "size": dict(_jsonable(size), limit=limit,
+        "size": dict(json_safe(size), limit=limit,
                      unit="pixels" if pert.norm == "l0" else "grey levels (0-255)"),
         "generation_time_s": round(crafted.generation_time_s, 3),
         "device": crafted.device, "world_size": crafted.world_size,
-        "info": _jsonable(pert.info),
-        "surrogates": _jsonable(crafted.surrogates),
+        "info": json_safe(pert.info),
+        "surrogates": json_safe(crafted.surrogates),
         "log_tail": crafted.logs[-LOG_KEEP:], "log_entries": len(crafted.logs),
         "torch_version": torch.__version__,
         "cuda_device": torch.cuda.get_device_name() if crafted.device.startswith("cuda") else None,
     }
     # Surrogate details the method reported (Perturbation.info["surrogate"]) or the cached ones.
-    meta["surrogate"] = _jsonable(pert.info.get("surrogate", crafted.surrogates[0] if crafted.surrogates else None))
+    meta["surrogate"] = json_safe(pert.info.get("surrogate", crafted.surrogates[0] if crafted.surrogates else None))
     out = write_protected(path, store, x_prot, meta, indices=pert.indices, overwrite=overwrite)
     meta_time = time.perf_counter() - t0
     if grid:

@@ -37,13 +37,17 @@ def fmt(values: Values, scale: float = 100.0, digits: int = 1, expect: Optional[
     return out + (f" (n={n})" if expect and n < expect else "")
 
 
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    """The lines of a Markdown table with ``header`` and string ``rows``."""
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
 def markdown(rows: Sequence[str], cols: Sequence[str], cells: Dict[str, Dict[str, Values]], *, corner: str = "",
              scale: float = 100.0, digits: int = 1, expect: Optional[int] = None) -> List[str]:
     """A Markdown table of ``mean ± std`` cells."""
-    out = [f"| {corner} | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
-    out += [f"| {r} | " + " | ".join(fmt(cells.get(r, {}).get(c, []), scale, digits, expect) for c in cols) + " |"
-            for r in rows]
-    return out
+    return md_table([corner, *cols], [[r, *(fmt(cells.get(r, {}).get(c, []), scale, digits, expect) for c in cols)]
+                                      for r in rows])
 
 
 def write_table(out: os.PathLike, stem: str, rows: Sequence[str], cols: Sequence[str],

@@ -76,14 +76,6 @@ def resolve_root(cfg: DataConfig, name: str) -> Path:
     return default_root(cfg, name).absolute()
 
 
-def num_workers() -> int:
-    """Decoding worker processes: the CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def resize_array(x: np.ndarray, size: int, desc: str = "resize") -> np.ndarray:
     """Resize (N, H, W, 3) uint8 images to (N, size, size, 3) like the image decoders do."""
     from ._decode import decode_many

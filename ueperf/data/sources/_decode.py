@@ -141,8 +141,8 @@ def decode_many(jobs: Iterable[Tuple[int, str, Any]], *, total: int, size: int =
     from PIL import ImageFile
     from tqdm.auto import tqdm
 
-    from . import num_workers
-    workers = workers or num_workers()
+    from ...parallel import usable_cpus
+    workers = workers or usable_cpus()
     it = iter(jobs)
     first_job = next(it, None)
     if first_job is None:
