@@ -162,3 +162,10 @@ def small_prior(cifar_arrays, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("prior") / "prior.pt"
     torch.save(model.state_dict(), path)
     return path
+
+
+# Stores are sealed with a per-user key (ueperf.files.seal_key_path): the session uses its own, so
+# the gate never writes into the user's ~/.config and every process it starts shares the key.
+if "UEPERF_SEAL_KEY" not in os.environ:
+    import tempfile
+    os.environ["UEPERF_SEAL_KEY"] = os.path.join(tempfile.mkdtemp(prefix="ueperf-seal-"), "seal.key")

@@ -52,12 +52,21 @@ def _copy(made, name):
     return dst
 
 
-def _rewrite(store_dir, fname, arr):
+def _edit_manifest(store_dir, edit, keep_seal=False):
+    """Edit the manifest as a careful tamperer without the sealing key would: ``edit(m)`` changes it,
+    and the seal, which they cannot recompute, is dropped (``keep_seal``: left as it was)."""
+    m = json.loads((store_dir / "manifest.json").read_text())
+    edit(m)
+    if not keep_seal:
+        m.pop("seal", None)
+    (store_dir / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+def _rewrite(store_dir, fname, arr, keep_seal=False):
     """Replace an array file and fix its sha256 in the manifest, as a careful tamperer would."""
     np.save(store_dir / fname, arr, allow_pickle=False)
-    m = json.loads((store_dir / "manifest.json").read_text())
-    m["files"][fname]["sha256"] = sha256_file(store_dir / fname)
-    (store_dir / "manifest.json").write_text(json.dumps(m))
+    _edit_manifest(store_dir, lambda m: m["files"][fname].update(sha256=sha256_file(store_dir / fname)), keep_seal)
 
 
 # ───────────────────────────────────────────── end to end ──
@@ -150,9 +159,7 @@ def test_other_clean_source_is_refused(made, cifar_root):
     other = prepare_dataset(DataConfig(dataset="cifar10", root=str(cifar_root), cache_dir=str(made["cache"]),
                                        train_limit=N_TRAIN + 1, test_limit=N_TEST))
     d = _copy(made, "tamper-source")
-    m = json.loads((d / "manifest.json").read_text())
-    m["meta"]["clean_source"]["path"] = str(other.path)
-    (d / "manifest.json").write_text(json.dumps(m))
+    m = _edit_manifest(d, lambda m: m["meta"]["clean_source"].update(path=str(other.path)))
     with pytest.raises(DataError, match="was made from a different clean dataset: train_x.npy"):
         open_protected(d)
     # ... and a missing clean source says how to get it back
@@ -183,6 +190,53 @@ def test_changed_test_split_and_untouched_rows_are_refused(made):
     _rewrite(d2, "train_x.npy", x)
     with pytest.raises(DataError, match=f"training image {j} is outside the protected subset"):
         open_protected(d2)
+
+
+def test_an_edited_sealed_manifest_is_refused(made):
+    """Any edit of a store this user's ueperf wrote breaks its seal, even one that keeps every hash
+    consistent (and the seal in place)."""
+    d = _copy(made, "tamper-sealed")
+    x = np.load(d / "train_x.npy")
+    x[0] = made["clean"].train.x[0]
+    _rewrite(d, "train_x.npy", x, keep_seal=True)
+    with pytest.raises(DataError, match="was edited after ueperf wrote it"):
+        open_protected(d)
+
+
+def test_a_raised_budget_claim_is_refused(made):
+    """Pixels moved by 41 grey levels with meta.eps raised to 1.0 (hashes fixed, seal dropped): the
+    method's recorded config still says 8/255."""
+    d = _copy(made, "tamper-budget")
+    x = np.load(d / "train_x.npy").astype(np.int16)
+    x[4] = np.clip(made["clean"].train.x[4].astype(np.int16) + 41, 0, 255)
+    _rewrite(d, "train_x.npy", x.astype(np.uint8))
+    _edit_manifest(d, lambda m: m["meta"].update(eps=1.0))
+    with pytest.raises(DataError, match=r"eps=1 but the method's config says eps=0\.0313725"):
+        open_protected(d)
+    # config and meta raised together: a consistent claim of ε = 1 — but the recorded size is not the data's
+    _edit_manifest(d, lambda m: m["meta"]["config"].update(eps=1.0))
+    with pytest.raises(DataError, match="the manifest says the largest perturbation is 8 but the images show 41"):
+        open_protected(d)
+
+
+def test_a_protected_store_relabelled_clean_is_refused(made):
+    d = _copy(made, "tamper-kind")
+    _edit_manifest(d, lambda m: m.update(kind="clean"))
+    with pytest.raises(DataError, match="says kind 'clean' but it records a protection"):
+        prepare_dataset(DataConfig(dataset=str(d)))
+
+
+def test_an_edited_cached_clean_store_is_not_served(made, cifar_root, tmp_path):
+    """A clean cache store whose pixels and hashes were changed and whose seal was dropped is refused on
+    the next cache hit (it would silently become the 'clean' data of every run)."""
+    cfg = DataConfig(dataset="cifar10", root=str(cifar_root), cache_dir=str(tmp_path), train_limit=64, test_limit=32)
+    st = prepare_dataset(cfg)
+    assert st.sealed == "ours" and prepare_dataset(cfg).path == st.path
+    x = np.load(st.path / "train_x.npy")
+    x[0] = 255 - x[0]
+    _rewrite(st.path, "train_x.npy", x)
+    with pytest.raises(DataError, match="carries no seal of yours"):
+        prepare_dataset(cfg)
 
 
 # ───────────────────────────────────────────── interrupted generation ──

@@ -20,7 +20,9 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+from .errors import UeperfError
 
 PathLike = Union[str, os.PathLike]
 TEMP_MARK = ".tmp-"             # a file or folder being written
@@ -172,3 +174,270 @@ def file_digest(path: PathLike, algorithm: str = "sha256", chunk: int = _HASH_CH
                 break
             h.update(view[:n])
     return h.hexdigest()
+
+
+# ───────────────────────────────────────────── one writer at a time ──
+LOCK_SUFFIX = ".lock"
+
+
+def lock_path(target: PathLike) -> Path:
+    """The lock file of ``target`` (a file or folder): ``.<name>.lock`` beside it, so it exists
+    before the target does and survives the target's atomic replacement."""
+    target = Path(target)
+    return target.parent / f".{target.name}{LOCK_SUFFIX}"
+
+
+class Busy(UeperfError):
+    """Raised by :func:`hold` when another process holds the lock; ``holder`` describes it."""
+
+    def __init__(self, target: Path, holder: dict, what: str = "", hint: str = ""):
+        self.target, self.holder = target, holder
+        super().__init__(f"{what + ' ' if what else ''}{target} is in use by {describe_holder(holder)}"
+                         + (f". {hint}" if hint else ""))
+
+
+def describe_holder(holder: dict) -> str:
+    if not holder:
+        return "another process (it has not said which yet)"
+    cmd = holder.get("command", "")
+    return (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+            + (f" (`{cmd}`)" if cmd else ""))
+
+
+_HELD: dict = {}  # lock file → [fd, depth]: a process that holds a lock may take it again (nested)
+
+
+class Lock:
+    """An exclusive OS lock (``flock``) on :func:`lock_path` of a target, held until :meth:`release`
+    (or the process ends: the OS releases it, so a killed writer never leaves a stale lock). The
+    lock file records the holder (pid, host, start time, command) for the error other writers get,
+    and is removed on release (a killed writer's empty lock file is harmless and reused).
+    Re-entrant within a process: taking a lock this process already holds nests (the writer that
+    holds a store's lock may call code that takes it again).
+
+    Works between processes of one machine and on local filesystems. On NFS, ``flock`` is emulated
+    with fcntl byte-range locks where the server runs lockd/NFSv4 (Linux clients do this); on
+    filesystems without lock support a second writer on another host is not stopped — keep one
+    sweep's run folders on one node or on a filesystem with working locks (README, Reliability).
+    """
+
+    def __init__(self, target: PathLike):
+        self.target = Path(target)
+        self.path = lock_path(self.target)
+        self._fd: Optional[int] = None
+
+    def acquire(self, wait_s: float = 0.0, poll_s: float = 0.2, what: str = "", hint: str = "") -> "Lock":
+        import fcntl
+        import socket
+        import sys
+        import time
+        key = str(self.path.absolute())
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self._fd = -1  # nested: the outer holder keeps the file open
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait_s
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    raise Busy(self.target, read_holder(self.path), what, hint) from None
+                time.sleep(poll_s)
+                continue
+            # The holder removes the file when it releases: a lock taken on a file that is no longer
+            # at the path (or was replaced) is stale; take it again on the current one.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self._fd = fd
+        _HELD[key] = [fd, 1]
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        key = str(self.path.absolute())
+        entry = _HELD.get(key)
+        self._fd = None
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _HELD[key]
+        import fcntl
+        try:
+            self.path.unlink(missing_ok=True)  # while still held: a waiter then retries on a fresh file
+            fcntl.flock(entry[0], fcntl.LOCK_UN)
+        finally:
+            os.close(entry[0])
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __del__(self) -> None:  # a forgotten lock is released with its object, not at process exit
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def __enter__(self) -> "Lock":
+        return self if self.held else self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def read_holder(path: PathLike) -> dict:
+    try:
+        return json.loads(Path(path).read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def hold(target: PathLike, wait_s: float = 0.0, *, what: str = "", hint: str = "") -> Lock:
+    """Acquire the lock of ``target``; when another process holds it after ``wait_s`` seconds raise
+    :class:`Busy`: "<what> <target> is in use by pid P on host H since T (`command`). <hint>".
+    Use as ``with hold(path):`` or keep the returned :class:`Lock` and release it."""
+    return Lock(target).acquire(wait_s, what=what, hint=hint)
+
+
+def clean_leftovers_in(folder: PathLike) -> list:
+    """Remove every writer's temporary inside ``folder`` (``.*.tmp-*``, ``.*.old-*``): call it with
+    the folder's lock held (a run folder: every file in it belongs to the run)."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if is_leftover(p.name):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def clean_leftovers(target: PathLike) -> list:
+    """Remove what killed writers of ``target`` left beside it (temp and moved-aside siblings of
+    :func:`temp_sibling`). Call it with ``target``'s lock held: then no live writer owns them."""
+    target = Path(target)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    prefix = f".{target.name}"
+    for p in target.parent.iterdir():
+        rest = p.name[len(prefix):]
+        if p.name.startswith(prefix) and (rest.startswith(TEMP_MARK) or rest.startswith(OLD_MARK)):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+# ───────────────────────────────────────────── what may be replaced ──
+def check_replaceable(target: PathLike, *, overwrite: bool, what: str, marker: str, allowed: Sequence[str],
+                      inputs: Sequence[PathLike] = ()) -> Path:
+    """Refuse to write ``target`` where that would destroy something it should not (DataError):
+
+    - ``target`` is, contains or lies inside one of ``inputs`` (a command's own input);
+    - ``target`` exists and ``overwrite`` is off;
+    - ``target`` exists but is not a folder ueperf made: not a folder, a link, no ``marker`` entry,
+      or entries beyond ``allowed`` (a user's own files).
+
+    Returns ``target`` as an absolute path; the replacement itself is atomic (:func:`atomic_dir`)."""
+    from .errors import DataError
+    target = Path(target).expanduser().absolute()
+    for inp in inputs:
+        inp = Path(inp).expanduser().absolute()
+        if target == inp or inp in target.parents or target in inp.parents:
+            rel = "is" if target == inp else ("lies inside" if inp in target.parents else "contains")
+            raise DataError(f"refusing to write the {what} to {target}: it {rel} this command's own input "
+                            f"{inp}; choose another output folder")
+    if not (target.exists() or target.is_symlink()):
+        return target
+    if not overwrite:
+        raise DataError(f"{target} already exists; pass --overwrite to replace it (only a {what} that ueperf "
+                        f"wrote is ever replaced), or choose another output folder")
+    if target.is_symlink() or not target.is_dir():
+        raise DataError(f"refusing to replace {target}: it is a {'link' if target.is_symlink() else 'file'}, not a "
+                        f"{what} folder ueperf wrote; remove it yourself or choose another output folder")
+    entries = {e.name for e in target.iterdir()}
+    foreign = sorted(entries - set(allowed) - {e for e in entries if is_leftover(e)})
+    if marker not in entries or foreign:
+        why = f"it holds files ueperf did not write ({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''})" \
+            if foreign else f"it has no {marker}, so it is not a {what} ueperf wrote"
+        raise DataError(f"refusing to replace {target}: {why}. Remove it yourself or choose another output folder")
+    return target
+
+
+# ───────────────────────────────────────────── seals ──
+SEAL_KEY_ENV = "UEPERF_SEAL_KEY"
+
+
+def seal_key_path() -> Path:
+    """The key file: ``$UEPERF_SEAL_KEY``, else ``~/.config/ueperf/seal.key`` (one per user; a lab that
+    shares a cache folder points every member at one key file)."""
+    env = os.environ.get(SEAL_KEY_ENV)
+    return Path(env).expanduser() if env else Path("~/.config/ueperf/seal.key").expanduser()
+
+
+def seal_key() -> bytes:
+    """This user's 32-byte sealing key, created (mode 0600, atomically) on first use."""
+    path = seal_key_path()
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(32))
+        f.flush()
+        os.fsync(f.fileno())
+    return path.read_bytes()
+
+
+def _canonical(doc: dict) -> bytes:
+    return json.dumps({k: v for k, v in doc.items() if k != "seal"}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True).encode()
+
+
+def seal(doc: dict) -> dict:
+    """An HMAC-SHA256 of ``doc`` (without its own ``seal`` entry) under this user's key, with the
+    key's id: what :func:`check_seal` verifies."""
+    import hmac
+    key = seal_key()
+    return {"alg": "hmac-sha256", "key_id": hashlib.sha256(key).hexdigest()[:16],
+            "mac": hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()}
+
+
+def check_seal(doc: dict) -> str:
+    """``"ours"`` (sealed with this user's key and unchanged since), ``"foreign"`` (sealed with another
+    key: cannot be checked here) or ``"none"``; raises ValueError when the seal is this user's but
+    the document changed after it was sealed."""
+    import hmac
+    s = doc.get("seal")
+    if not isinstance(s, dict):
+        return "none"
+    key = seal_key()
+    if s.get("key_id") != hashlib.sha256(key).hexdigest()[:16]:
+        return "foreign"
+    if not hmac.compare_digest(str(s.get("mac", "")), hmac.new(key, _canonical(doc), hashlib.sha256).hexdigest()):
+        raise ValueError("its seal does not match its content")
+    return "ours"

@@ -32,12 +32,18 @@ def prior_key(cfg: Any) -> str:
 
 def build_prior(cfg: Any, *, progress: bool = True) -> Path:
     """Train ``cfg`` into the prior cache (or reuse / resume it) and return the ``prior.pt`` path."""
+    from .files import hold
+    key = prior_key(cfg)
+    folder = Path(cfg.data.cache_dir).expanduser() / "priors" / f"{cfg.recipe or 'custom'}-{key}"
+    with hold(folder, wait_s=24 * 3600, what="prior"):  # a second request for it waits, then reuses it
+        return _build_prior_locked(cfg, key, folder, progress)
+
+
+def _build_prior_locked(cfg: Any, key: str, folder: Path, progress: bool) -> Path:
     from .config import to_dict
     from .countermeasures import build_hooks
     from .engine.trainer import Trainer
     from .files import torch_save_atomic, write_json_atomic
-    key = prior_key(cfg)
-    folder = Path(cfg.data.cache_dir).expanduser() / "priors" / f"{cfg.recipe or 'custom'}-{key}"
     pt, meta = folder / "prior.pt", folder / "prior.json"
     if pt.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
         if progress:

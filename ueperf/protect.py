@@ -74,20 +74,33 @@ def export_imagefolder(store_path: os.PathLike, out_dir: os.PathLike, *, overwri
                        progress: bool = True, workers: Optional[int] = None) -> Path:
     """Write every image of the store as ``out_dir/{train,test}/<class>/<index>.png`` (lossless,
     so the PNG pixels are the store's bytes) plus ``ueperf_export.json`` (the store's manifest and
-    the label → folder map). Built in a hidden sibling folder and renamed into place."""
+    the label → folder map). Built in a hidden sibling folder and renamed into place; an existing
+    folder is replaced only with ``overwrite`` and only when it is an export (never the store itself,
+    its clean source, or a folder holding other files)."""
+    from .data.protected import find_clean, open_any
+    from .files import check_replaceable, hold
+
+    store = open_any(store_path)
+    inputs = [store.path] + ([find_clean(store, verify=False).path] if store.kind == "protected" else [])
+    out = check_replaceable(out_dir, overwrite=overwrite, what="export", marker=EXPORT_MANIFEST,
+                            allowed=(EXPORT_MANIFEST, "train", "test"), inputs=inputs)
+    lock = hold(out, what="export folder", hint="another export is writing it: wait, or choose another folder")
+    try:
+        return _export(store, out, overwrite, progress, workers)
+    finally:
+        lock.release()
+
+
+EXPORT_MANIFEST = "ueperf_export.json"
+
+
+def _export(store, out: Path, overwrite: bool, progress: bool, workers: Optional[int]) -> Path:
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
     from PIL import Image
 
-    from .data.protected import open_any
-    from .errors import DataError
     from .files import atomic_dir, write_json_atomic
-
-    store = open_any(store_path)
-    out = Path(out_dir).expanduser().absolute()
-    if out.exists() and not overwrite:
-        raise DataError(f"{out} already exists; pass --overwrite to replace it, or choose another folder")
     folders: List[str] = []
     for c in store.classes:
         f = _folder_name(c)
@@ -119,7 +132,7 @@ def export_imagefolder(store_path: os.PathLike, out_dir: os.PathLike, *, overwri
                     bar.update(1)
         if bar is not None:
             bar.close()
-        write_json_atomic(tmp / "ueperf_export.json", {
+        write_json_atomic(tmp / EXPORT_MANIFEST, {
             "store": str(store.path), "kind": store.kind, "label_folders": folders,
             "layout": "<split>/<class folder>/<sample index>.png", "manifest": store.manifest})
     return out

@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..files import sha256_file, write_text_atomic
+from ..files import clean_leftovers, hold, sha256_file, write_text_atomic
 from .sources import COMMON_KEY_FIELDS, SOURCES
 from .store import FORMAT_VERSION, Store, is_store, open_store, write_store
 from .protected import open_any
@@ -106,6 +106,20 @@ def _wait_for(cfg: DataConfig, name: str, path: Path, root_existed: bool, timeou
             path = store_path_for(cfg, name)
 
 
+def _open_cached(path: Path, key: str, verify: bool) -> Store:
+    """A cached clean store: opened (hashes checked), and refused unless this user's ueperf wrote it
+    for this very key (its seal is ours, its manifest's cache key is the one asked for)."""
+    st = open_store(path, verify=verify)
+    fix = f"delete it (rm -r '{path}') and rerun to rebuild it"
+    if st.sealed != "ours":
+        raise DataError(f"the cached store {path} carries no seal of yours ({st.sealed}): it was edited, or built "
+                        f"by someone with another key; {fix} (a lab sharing a cache folder sets UEPERF_SEAL_KEY to "
+                        f"one key file)")
+    if (st.manifest.get("meta") or {}).get("cache_key") != key or st.kind != "clean":
+        raise DataError(f"the cached store {path} was not built for this data config (cache key or kind differ); {fix}")
+    return st
+
+
 def prepare_dataset(cfg: DataConfig, *, rank: int = 0, is_main: Optional[bool] = None,
                     verify: bool = True, wait_timeout_s: float = 3600.0, poll_s: float = 0.5) -> Store:
     """Open or build the store for ``cfg`` (see module docstring) and return it.
@@ -128,10 +142,21 @@ def prepare_dataset(cfg: DataConfig, *, rank: int = 0, is_main: Optional[bool] =
     key, doc = cache_key(cfg, ds)
     path = store_path_for(cfg, ds, key)
     if is_store(path):
-        return open_store(path, verify=verify)
+        return _open_cached(path, key, verify)
     if not main:
         return _wait_for(cfg, ds, path, root_existed, wait_timeout_s, poll_s, verify)
 
+    # One builder per store: another process building the same one (same key) is waited for and
+    # its store reused; the leftovers of a killed build are removed first.
+    with hold(path, wait_s=wait_timeout_s, what="data store"):
+        if is_store(path):
+            return _open_cached(path, key, verify)
+        clean_leftovers(path)
+        return _build(cfg, ds, fn, root, root_existed, key, doc, path, verify)
+
+
+def _build(cfg: DataConfig, ds: str, fn: Any, root: Any, root_existed: bool, key: str, doc: Dict[str, Any],
+           path: Path, verify: bool) -> Store:
     marker = _error_marker(path)
     marker.unlink(missing_ok=True)
     try:

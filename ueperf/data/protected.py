@@ -224,9 +224,49 @@ def verify_protected(store: Store, clean: Union[Store, PathLike, None] = None, *
     if store.image_shape != cl.image_shape or len(store.train) != len(cl.train):
         raise DataError(f"{where}: {len(store.train)} training images of {store.image_shape} but the "
                         f"clean store {cl.path} has {len(cl.train)} of {cl.image_shape}")
+    _check_claims(store, cl, where)
     idx = decode_indices(meta["protected_idx"], len(store.train))
-    _check_bound(cl.train.x, store.train.x, str(meta["norm"]), float(meta["eps"]), where, idx,
-                 "The images were modified after protection: regenerate the store")
+    sizes = _check_bound(cl.train.x, store.train.x, str(meta["norm"]), float(meta["eps"]), where, idx,
+                         "The images were modified after protection: regenerate the store")
+    recorded_size = (meta.get("size") or {}).get("size")
+    if recorded_size is not None and sizes.size and abs(float(recorded_size) - float(sizes.max())) > 1e-6:
+        raise DataError(f"{where}: the manifest says the largest perturbation is {recorded_size:.6g} but the images "
+                        f"show {float(sizes.max()):.6g} ({meta['norm']}): the images or the manifest were changed "
+                        f"after protection; regenerate the store")
+    return store
+
+
+def _check_claims(store: Store, clean: Store, where: str) -> None:
+    """The manifest's claims against each other: the budget recorded with the perturbation (``eps``,
+    ``norm``) must be the one the method's recorded config asks for (where the config states one:
+    HYPO's ``eps=0`` means its preset), and the clean source's provenance (the hash of the archive it
+    was built from) must be the clean store's."""
+    meta = store.manifest.get("meta") or {}
+    cfg = meta.get("config") or {}
+    fix = "the manifest was edited after protection (or the store was made elsewhere): regenerate it"
+    c_eps, c_norm = cfg.get("eps"), cfg.get("norm")
+    if isinstance(c_norm, str) and c_norm != meta.get("norm"):
+        raise DataError(f"{where}: the perturbation is recorded as {meta.get('norm')} but the method's config says "
+                        f"norm={c_norm}; {fix}")
+    if isinstance(c_eps, (int, float)) and c_eps > 0 and abs(float(c_eps) - float(meta["eps"])) > 1e-9 * max(1.0, c_eps):
+        raise DataError(f"{where}: the budget is recorded as eps={meta['eps']:.6g} but the method's config says "
+                        f"eps={c_eps:.6g}; {fix}")
+    mine = ((store.manifest.get("source") or {}).get("clean_source") or {}).get("root_sha256")
+    theirs = (clean.manifest.get("source") or {}).get("root_sha256")
+    if mine and theirs and mine != theirs:
+        raise DataError(f"{where}: made from a clean store built from an archive with sha256 {_short(mine)}, but "
+                        f"{clean.path} was built from {_short(theirs)}; {fix}")
+
+
+def check_kind(store: Store) -> Store:
+    """A store whose manifest says ``clean`` but records a protection (method, clean source) had its
+    kind edited: refuse it (it would be trained on as clean data)."""
+    meta = store.manifest.get("meta") or {}
+    src = store.manifest.get("source") or {}
+    if store.kind == "clean" and ("method" in meta or "clean_source" in meta or "protected_from" in src):
+        raise DataError(f"{store.path}: its manifest says kind 'clean' but it records a protection "
+                        f"(method {meta.get('method')!r}, made from {src.get('protected_from') or meta.get('clean_source')}): "
+                        f"its kind was edited; delete it, or restore kind 'protected'")
     return store
 
 
@@ -236,9 +276,10 @@ def open_protected(path: PathLike, clean: Union[Store, PathLike, None] = None, *
 
 
 def open_any(path: PathLike, verify: bool = True) -> Store:
-    """Open a store folder of either kind; a protected one is verified against its clean source."""
+    """Open a store folder of either kind; a protected one is verified against its clean source, a
+    clean one against a protection record (:func:`check_kind`)."""
     st = open_store(path, verify=verify)
-    return verify_protected(st, verify=verify) if st.kind == "protected" else st
+    return verify_protected(st, verify=verify) if st.kind == "protected" else check_kind(st)
 
 
 def protected_indices(store: Store) -> Optional[np.ndarray]:
@@ -246,5 +287,5 @@ def protected_indices(store: Store) -> Optional[np.ndarray]:
     return decode_indices(store.manifest.get("meta", {}).get("protected_idx"), len(store.train))
 
 
-__all__ = ["encode_indices", "decode_indices", "write_protected",
+__all__ = ["encode_indices", "decode_indices", "write_protected", "check_kind",
            "find_clean", "verify_protected", "open_protected", "open_any", "protected_indices"]

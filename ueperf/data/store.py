@@ -29,10 +29,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import DataError
-from ..files import atomic_dir, sha256_file, write_text_atomic
+from ..files import atomic_dir, check_seal, seal, seal_key_path, sha256_file, write_text_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+STORE_FILES = (MANIFEST, "train_x.npy", "train_y.npy", "test_x.npy", "test_y.npy")  # what a store folder holds
 SPLITS = ("train", "test")
 KINDS = ("clean", "protected")
 
@@ -65,6 +66,12 @@ class Store:
         self.manifest = manifest
         self.train = train
         self.test = test
+
+    @property
+    def sealed(self) -> str:
+        """``ours`` (written by ueperf with this user's key, unchanged since: opening checked it),
+        ``foreign`` (sealed with another key) or ``none`` (no seal: older, or made elsewhere)."""
+        return check_seal(self.manifest)
 
     @property
     def name(self) -> str:
@@ -203,6 +210,7 @@ def write_store(path: PathLike, train: Tuple[Any, Any], test: Tuple[Any, Any],
                 "libraries": _library_versions(),
                 "meta": meta_json,
             }
+            manifest["seal"] = seal(manifest)  # this user's key: a later edit of the manifest is caught
             # Manifest last: its presence is what makes a folder a store.
             write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
     except FileExistsError as e:  # another process finished the same store first
@@ -243,6 +251,12 @@ def _load_manifest(path: Path) -> Dict[str, Any]:
     missing = [k for k in required if k not in manifest]
     if missing:
         raise DataError(f"{mpath} lacks the keys {missing}. {_fix(path)}")
+    try:
+        check_seal(manifest)
+    except ValueError:
+        raise DataError(f"{mpath} was edited after ueperf wrote it (its seal, made with your key "
+                        f"{seal_key_path()}, does not match its content): nothing in this store can be trusted. "
+                        f"{_fix(path)}") from None
     return manifest
 
 

@@ -33,7 +33,7 @@ from .. import __version__
 from .. import parallel
 from ..config import RESULT_FREE_KEYS, RunConfig, from_dict, to_dict
 from ..errors import ConfigError, TrainingDiverged, UeperfError, require
-from ..files import write_json_atomic
+from ..files import clean_leftovers_in, hold, write_json_atomic
 from ..reports.records import RecordWriter
 from .checkpoint import load_checkpoint, save_checkpoint
 from .hooks import TrainerView, TrainHook, epoch_generator
@@ -257,6 +257,10 @@ class Trainer:
 
     def _prepare_run_dir(self) -> None:
         d = self.run_dir
+        # One writer per run folder, for the whole run (released in close(), or by the OS if killed).
+        self._lock = hold(d, what="run folder", hint="A run is writing it: wait for it to end (and --resume it "
+                          "if it was interrupted), or start another run with --set name=NEW")
+        clean_leftovers_in(d)  # temp files of a killed run: nobody else writes here now
         cfg_path = d / "config.json"
         if self.resume:
             if not cfg_path.exists():
@@ -414,10 +418,13 @@ class Trainer:
         chunk = losses[start:stop]
         if not bool(torch.isfinite(chunk).all()):
             bad = int((~torch.isfinite(chunk)).nonzero()[0].item()) + start
+            ckpt = self._checkpoint_path()
+            where = (f"the last checkpoint written before it is {ckpt}" if ckpt.exists()
+                     else "no checkpoint was written before it")
             raise TrainingDiverged(
                 f"the training loss became {chunk[bad - start].item()} at epoch {epoch + 1}, step {bad + 1} "
                 f"(of {len(losses)}). Lower optim.lr (now {self.cfg.optim.lr}), set optim.grad_clip "
-                f"(e.g. 5.0), or use train.precision=fp32; the last good checkpoint is in {self.run_dir}")
+                f"(e.g. 5.0), or use train.precision=fp32; {where}")
 
     @torch.no_grad()
     def evaluate(self, loader=None) -> Dict[str, float]:
@@ -518,6 +525,8 @@ class Trainer:
         """Release the process group (see :func:`ueperf.parallel.shutdown`; ``failed`` after an error)."""
         if hasattr(self, "ctx"):
             parallel.shutdown(self.ctx, failed=failed)
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
 
     def __enter__(self) -> "Trainer":
         """``with Trainer(cfg, ...) as tr:`` sets up, and closes on the way out (failed on an exception)."""

@@ -39,11 +39,11 @@ import torch
 from .. import parallel
 from ..config import apply_overrides
 from ..data.protected import open_protected, write_protected
-from ..data.store import Store, is_store, open_store
+from ..data.store import MANIFEST, STORE_FILES, Store, is_store, open_store
 from ..errors import ConfigError, DataError
 from . import PROTECTIONS
 from ..data.budget import NORMS, measure, size_limit
-from ..files import json_safe
+from ..files import check_replaceable, clean_leftovers, hold, json_safe
 from .base import GRANULARITIES, Perturbation, ProtectContext, apply, select_indices
 from .surrogate import DEFAULT_CACHE_DIR, make_surrogate_fn
 
@@ -270,9 +270,18 @@ def finalize(crafted: Crafted, clean: Union[Store, str, os.PathLike], *, ratio: 
 def _write(crafted: Crafted, pert: Perturbation, store: Store, path: Path, key: str, doc: Dict[str, Any],
            ratio: float, overwrite: bool, grid: bool, progress: bool) -> Store:
     cfg = crafted.cfg
-    if path.exists() and not overwrite:
-        raise DataError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it, or "
-                        f"choose another output (--out)")
+    check_replaceable(path, overwrite=overwrite, what="protected store", marker=MANIFEST,
+                      allowed=(*STORE_FILES, "grid.png"), inputs=[store.path])
+    with hold(path, what="protected store", hint=_BUSY_HINT):
+        return _write_locked(crafted, pert, store, path, key, doc, ratio, overwrite, grid, progress, cfg)
+
+
+_BUSY_HINT = ("Another protection is writing it: wait for it to finish (the same request then reuses its "
+              "store), or choose another --out")
+
+
+def _write_locked(crafted: Crafted, pert: Perturbation, store: Store, path: Path, key: str, doc: Dict[str, Any],
+                  ratio: float, overwrite: bool, grid: bool, progress: bool, cfg: Any) -> Store:
     t0 = time.perf_counter()
     x_prot = apply(store.train.x, store.train.y, pert)
     size = measure(store.train.x, x_prot, pert.norm, device=pert.delta.device)
@@ -346,18 +355,32 @@ def generate_protected(method: str, clean_store: Union[Store, str, os.PathLike],
     dist = dist or parallel.DistContext()
     key, _ = protection_key(method, cfg, ratio, seed, store, surrogate_overrides)
     path = Path(out).expanduser().absolute() if out else default_out(method, store, key, cache_dir)
-    if reuse and not overwrite and is_store(path):
-        existing = open_store(path, verify=False).manifest.get("meta", {}).get("key")
-        if existing == key:
-            if progress and dist.is_main:
-                print(f"reusing {path} (same method, config, ratio, seed and clean data)", file=sys.stderr)
-            return open_protected(path, store)
-        raise DataError(f"{path} already holds a different store (made with other settings); pass "
-                        f"--overwrite to replace it, or choose another --out")
-    crafted = craft(method, store, overrides=overrides, seed=seed, device=device, progress=progress,
-                    cache_dir=cache_dir, surrogate_overrides=surrogate_overrides, dist=dist, **ctx_extra)
-    return finalize(crafted, store, ratio=ratio, out=path, overwrite=overwrite, grid=grid, dist=dist,
-                    progress=progress and dist.is_main)
+    # One writer per output for the whole run (rank 0 writes; under torchrun the others follow it).
+    # The default output is keyed by the request, so a second identical request waits and reuses it;
+    # an explicit --out held by another writer is an error.
+    lock = hold(path, wait_s=0 if out else 24 * 3600, what="protected store", hint=_BUSY_HINT) \
+        if dist.is_main else None
+    try:
+        if dist.is_main:
+            clean_leftovers(path)  # temp folders of a killed writer of this output
+        if reuse and not overwrite and is_store(path):
+            existing = open_store(path, verify=False).manifest.get("meta", {}).get("key")
+            if existing == key:
+                if progress and dist.is_main:
+                    print(f"reusing {path} (same method, config, ratio, seed and clean data)", file=sys.stderr)
+                return open_protected(path, store)
+            raise DataError(f"{path} already holds a different store (made with other settings); pass "
+                            f"--overwrite to replace it, or choose another --out")
+        if dist.is_main:  # before hours of crafting, not after
+            check_replaceable(path, overwrite=overwrite, what="protected store", marker=MANIFEST,
+                              allowed=(*STORE_FILES, "grid.png"), inputs=[store.path])
+        crafted = craft(method, store, overrides=overrides, seed=seed, device=device, progress=progress,
+                        cache_dir=cache_dir, surrogate_overrides=surrogate_overrides, dist=dist, **ctx_extra)
+        return finalize(crafted, store, ratio=ratio, out=path, overwrite=overwrite, grid=grid, dist=dist,
+                        progress=progress and dist.is_main)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 __all__ = ["resolve_config", "check_config", "protection_key", "default_out", "open_clean", "craft",

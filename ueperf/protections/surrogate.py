@@ -32,6 +32,7 @@ from .. import parallel
 from ..config import RunConfig, apply_overrides, result_keys, to_dict
 from ..data.store import Store, open_store
 from ..errors import ConfigError
+from ..files import hold
 from .base import ProtectContext
 
 DEFAULT_CACHE_DIR = "~/.cache/ueperf"
@@ -119,10 +120,16 @@ def train_surrogate(clean: Union[Store, str, os.PathLike], *, model: str = "resn
     key, doc = surrogate_key(cfg, store)
     root = _cache_root(cache_dir)
     final = root / key[:16]
-    cached = bool(parallel.broadcast_object(_ready(final), dist))
-    if not cached:
-        _train_into(final, cfg, doc, key, dist)
-    parallel.barrier(dist)
+    # One trainer per surrogate: a second process asking for the same one waits, then loads it.
+    lock = hold(final, wait_s=24 * 3600, what="surrogate") if dist.is_main else None
+    try:
+        cached = bool(parallel.broadcast_object(_ready(final), dist))
+        if not cached:
+            _train_into(final, cfg, doc, key, dist)
+        parallel.barrier(dist)
+    finally:
+        if lock is not None:
+            lock.release()
     info = json.loads((final / "surrogate.json").read_text())
     info.update(path=str(final), cached=cached)
     return _load(final, cfg, store, dev), info

@@ -46,12 +46,41 @@ def _is_image(name: str) -> bool:
     return not base.startswith(".") and base.lower().endswith(IMG_EXTENSIONS)
 
 
-def _walk_sorted(top: Path) -> Iterator[str]:
-    """Image paths under ``top`` relative to it (posix), in torchvision ImageFolder order."""
-    for dirpath, _, fnames in sorted(os.walk(top, followlinks=True)):
+def _inside(real: str, root: Path) -> bool:
+    real_root = os.path.realpath(root)
+    return real == real_root or real.startswith(real_root + os.sep)
+
+
+def _walk_sorted(top: Path, root: Path, seen: set) -> Iterator[str]:
+    """Image paths under ``top`` relative to it (posix), in torchvision ImageFolder order.
+
+    Links are followed only where they stay inside the dataset folder ``root`` and lead to a folder
+    not yet visited (``seen``: the real paths visited so far, shared by every class of a split): a
+    link out of ``root``, or one that leads to a folder already read (``train/a/loop -> ..``, or
+    into another class), is a DataError naming it, so no image is read twice or from outside."""
+    def inside(p: str) -> bool:
+        return _inside(p, root)
+
+    for dirpath, dirnames, fnames in sorted(os.walk(top, followlinks=True)):
+        for d in list(dirnames):
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            if os.path.islink(full) and not inside(real):
+                raise DataError(f"{full} is a link out of the dataset folder {root} (to {real}); a dataset is "
+                                f"read from inside its folder only: copy the images in, or set data.root to "
+                                f"the real location")
+            if real in seen:
+                raise DataError(f"{full} leads back to {real}, which is already part of the dataset (a link "
+                                f"loop): its images would be read twice under another class; remove the link")
+            seen.add(real)
         rel = Path(dirpath).relative_to(top).as_posix()
         for f in sorted(fnames):
             if _is_image(f):
+                full = os.path.join(dirpath, f)
+                if os.path.islink(full) and not inside(os.path.realpath(full)):
+                    raise DataError(f"{full} is a link out of the dataset folder {root} (to "
+                                    f"{os.path.realpath(full)}); copy the image in, or set data.root to the "
+                                    f"real location")
                 yield f if rel == "." else f"{rel}/{f}"
 
 
@@ -118,7 +147,17 @@ def _list_dir(root: Path) -> _Listing:
     for split_dir in ("train", test_dir):
         top = base / split_dir
         folders = sorted(e.name for e in os.scandir(top) if e.is_dir() and not e.name.startswith("."))
-        files = {c: [(rel, str(top / c / rel)) for rel in _walk_sorted(top / c)] for c in folders}
+        seen = set()
+        for c in folders:  # a class folder is a link out of the dataset, or another class's folder
+            real = os.path.realpath(top / c)
+            if not _inside(real, base):
+                raise DataError(f"{top / c} is a link out of the dataset folder {base} (to {real}); copy the "
+                                f"class in, or set data.root to the real location")
+            if real in seen:
+                raise DataError(f"{top / c} is the same folder as another class of {top} (a link to {real}); "
+                                f"its images would be read twice under two labels")
+            seen.add(real)
+        files = {c: [(rel, str(top / c / rel)) for rel in _walk_sorted(top / c, base, seen)] for c in folders}
         empty = [c for c, fs in files.items() if not fs]
         if empty:
             raise DataError(f"{top} has class folders without images: {', '.join(empty[:5])}"
@@ -145,6 +184,10 @@ def _list_tar(path: Path) -> _Listing:
                 if not m.isfile():
                     continue
                 name = m.name[2:] if m.name.startswith("./") else m.name
+                if name.startswith("/") or ".." in name.split("/") or "\\" in name:
+                    raise DataError(f"{path}: member {m.name!r} has an absolute path or a '..' part; a "
+                                    f"dataset archive holds relative paths inside its own folder only: "
+                                    f"refusing to read it (re-create the archive from the dataset folder)")
                 if _is_image(name):
                     members.append(name)  # a name stored twice is read once (first copy)
                     if cache is not None and name not in cache:
