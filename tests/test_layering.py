@@ -93,7 +93,7 @@ LAYERS = {
     "engine": 3,
     "paradigms": 4, "countermeasures": 4, "protections": 4,
     "recipes": 5,
-    "train": 6, "protect": 6, "calibrate": 6, "prior": 6, "grid": 6, "sweep": 6, "cli": 6,
+    "train": 6, "protect": 6, "calibrate": 6, "prior": 6, "grid": 6, "sweep": 6, "cli": 6, "clean": 6,
 }
 
 

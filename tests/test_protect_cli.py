@@ -226,17 +226,26 @@ def test_a_protected_store_relabelled_clean_is_refused(made):
         prepare_dataset(DataConfig(dataset=str(d)))
 
 
-def test_an_edited_cached_clean_store_is_not_served(made, cifar_root, tmp_path):
-    """A clean cache store whose pixels and hashes were changed and whose seal was dropped is refused on
-    the next cache hit (it would silently become the 'clean' data of every run)."""
+def test_an_edited_cached_clean_store_is_not_served(made, cifar_root, tmp_path, capsys):
+    """A clean cache store whose pixels and hashes were changed and whose seal was dropped is not served
+    on the next cache hit (it would silently become the 'clean' data of every run): it is rebuilt from
+    the source, with a warning saying why."""
     cfg = DataConfig(dataset="cifar10", root=str(cifar_root), cache_dir=str(tmp_path), train_limit=64, test_limit=32)
     st = prepare_dataset(cfg)
     assert st.sealed == "ours" and prepare_dataset(cfg).path == st.path
     x = np.load(st.path / "train_x.npy")
     x[0] = 255 - x[0]
     _rewrite(st.path, "train_x.npy", x)
-    with pytest.raises(DataError, match="carries no seal of yours"):
-        prepare_dataset(cfg)
+    capsys.readouterr()
+    again = prepare_dataset(cfg)
+    assert "rebuilding the cached store" in capsys.readouterr().err
+    assert again.path == st.path and again.sealed == "ours"
+    assert np.array_equal(np.asarray(again.train.x[0]), 255 - x[0])  # the source's pixels again
+    # a store of another user's key (a foreign seal) is rebuilt the same way
+    man = json.loads((st.path / "manifest.json").read_text())
+    man["seal"] = "0" * len(man["seal"])
+    (st.path / "manifest.json").write_text(json.dumps(man))
+    assert prepare_dataset(cfg).sealed == "ours" and "rebuilding" in capsys.readouterr().err
 
 
 # ───────────────────────────────────────────── interrupted generation ──

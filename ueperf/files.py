@@ -151,6 +151,34 @@ def write_json_atomic(path: PathLike, obj: Any, *, indent: int = 2) -> Path:
     return write_text_atomic(path, json.dumps(json_safe(obj), indent=indent))
 
 
+def torch_load_safe(path: PathLike, what: str, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` (tensors and plain containers only: no code stored in
+    the file can run), with errors that say what happened: a file asking to run code names the global
+    it asked for; a truncated or foreign file says so. ``what`` names the file's role ("checkpoint"),
+    ``fix`` is what to do next. Raises :class:`UeperfError`."""
+    import pickle
+    import re
+
+    import torch
+    p = Path(path)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        g = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL)\s+([\w.]+)", text)
+        if g:
+            raise UeperfError(f"refused to load the {what} {p}: it asks to call the Python object {g.group(1)} while "
+                              f"loading, which a file of tensors never needs (a crafted or foreign file); nothing "
+                              f"from it was run. {fix}") from None
+        op = re.search(r"Unsupported operand (\d+)", text)
+        raise UeperfError(f"cannot load the {what} {p}: it is not a file torch.save wrote "
+                          f"({'pickle opcode ' + op.group(1) + ' is not allowed' if op else 'its pickle is refused'}); "
+                          f"nothing from it was run. {fix}") from None
+    except Exception as e:  # truncated zip, not a torch file at all, ...
+        raise UeperfError(f"cannot load the {what} {p} ({type(e).__name__}: {e}): it is truncated or not a "
+                          f"PyTorch file. {fix}") from None
+
+
 def torch_save_atomic(path: PathLike, obj: Any) -> Path:
     """``torch.save(obj)`` to ``path``, never half-written (checkpoints, priors, surrogates)."""
     import torch

@@ -75,6 +75,8 @@ def build_hooks(cfg: Any) -> List[Any]:
     """Check ``cfg`` against its paradigm and countermeasures and return their hooks: the
     paradigm's first (it decides what trains), then each countermeasure's, in order."""
     from .. import paradigms
+    from ..engine.validate import check_run_config
+    check_run_config(cfg)  # the engine's sections first: every bad value fails before anything is written
     cms = parse(cfg.countermeasure)
     losses = [cm.name for cm in cms if getattr(cm, "replaces_loss", False)]
     if len(losses) > 1:

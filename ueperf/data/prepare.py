@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -54,11 +55,14 @@ def _fingerprint(root: Optional[Path]) -> Any:
         for e in entries:
             r = f"{rel}/{e.name}" if rel else e.name
             try:
+                if e.is_symlink():  # never followed here (a loop, or a link out of the root): its target names it
+                    h.update(f"{r}\0->{os.readlink(e.path)}\n".encode())
+                    continue
                 if e.is_dir():
                     stack.append((r, e.path))
                     continue
                 st = e.stat()
-            except OSError:  # dangling link or vanished file: not data
+            except OSError:  # vanished file: not data
                 continue
             h.update(f"{r}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             n += 1
@@ -87,12 +91,15 @@ def _error_marker(path: Path) -> Path:
 
 
 def _wait_for(cfg: DataConfig, name: str, path: Path, root_existed: bool, timeout_s: float,
-              poll_s: float, verify: bool) -> Store:
-    """Non-main process: wait for the main one to finish the store at ``path``, then open it."""
+              poll_s: float, verify: bool, key: str) -> Store:
+    """Non-main process: wait until the main one has a store at ``path`` that may be served for
+    ``key`` (it builds or rebuilds it), then open it."""
     start = time.time()
     while True:
         if is_store(path):
-            return open_store(path, verify=verify)
+            st, _ = _open_cached(path, key, verify=False)  # cheap poll; hashes checked once, below
+            if st is not None:
+                return open_store(path, verify=verify)
         marker = _error_marker(path)
         if marker.is_file() and marker.stat().st_mtime >= start - 1.0:
             raise DataError(f"the main process failed to build {path}: "
@@ -103,21 +110,31 @@ def _wait_for(cfg: DataConfig, name: str, path: Path, root_existed: bool, timeou
                             f"(python -c 'from ueperf.data import prepare_dataset; ...') and rerun.")
         time.sleep(poll_s)
         if not root_existed:  # the main process may be downloading the source: key changes
-            path = store_path_for(cfg, name)
+            key = cache_key(cfg, name)[0]
+            path = store_path_for(cfg, name, key)
 
 
-def _open_cached(path: Path, key: str, verify: bool) -> Store:
-    """A cached clean store: opened (hashes checked), and refused unless this user's ueperf wrote it
-    for this very key (its seal is ours, its manifest's cache key is the one asked for)."""
-    st = open_store(path, verify=verify)
-    fix = f"delete it (rm -r '{path}') and rerun to rebuild it"
+def _cached_problem(st: Store, key: str) -> Optional[str]:
+    """Why the cached store ``st`` may not be served for cache key ``key`` (None: it may): the user's
+    ueperf must have written it (its seal is ours) for this very key, as a clean store."""
     if st.sealed != "ours":
-        raise DataError(f"the cached store {path} carries no seal of yours ({st.sealed}): it was edited, or built "
-                        f"by someone with another key; {fix} (a lab sharing a cache folder sets UEPERF_SEAL_KEY to "
-                        f"one key file)")
+        return (f"it carries no seal of yours ({st.sealed}): it was edited, written by an older ueperf, or by "
+                f"someone with another key (a lab sharing a cache folder sets UEPERF_SEAL_KEY to one key file)")
     if (st.manifest.get("meta") or {}).get("cache_key") != key or st.kind != "clean":
-        raise DataError(f"the cached store {path} was not built for this data config (cache key or kind differ); {fix}")
-    return st
+        return "it was not built for this data config (cache key or kind differ)"
+    return None
+
+
+def _open_cached(path: Path, key: str, verify: bool) -> Tuple[Optional[Store], str]:
+    """(the cached clean store at ``path``, opened with its hashes checked, "") or (None, why it may not
+    be served). A store that cannot be opened or fails its hashes is not served either: the cache
+    holds nothing the source cannot give again, so the main process rebuilds it under its lock."""
+    try:
+        st = open_store(path, verify=verify)
+        why = _cached_problem(st, key)
+    except DataError as e:
+        st, why = None, f"it cannot be opened ({e})"
+    return (st, "") if why is None else (None, why)
 
 
 def prepare_dataset(cfg: DataConfig, *, rank: int = 0, is_main: Optional[bool] = None,
@@ -126,7 +143,9 @@ def prepare_dataset(cfg: DataConfig, *, rank: int = 0, is_main: Optional[bool] =
 
     ``rank``/``is_main``: only the main process (default: rank 0) builds; pass ``is_main``
     explicitly when each node has its own cache folder (local rank 0 builds). ``verify``:
-    check the sha256 of every array file when opening (the build itself is trusted).
+    check the sha256 of every array file when opening (the build itself is trusted). A cached
+    store that may not be served (not sealed by this user, built for another key, damaged) is
+    rebuilt in place, with a warning saying why.
     """
     main = (rank == 0) if is_main is None else bool(is_main)
     ds = str(cfg.dataset)
@@ -141,22 +160,30 @@ def prepare_dataset(cfg: DataConfig, *, rank: int = 0, is_main: Optional[bool] =
     root_existed = root is None or root.exists()
     key, doc = cache_key(cfg, ds)
     path = store_path_for(cfg, ds, key)
-    if is_store(path):
-        return _open_cached(path, key, verify)
     if not main:
-        return _wait_for(cfg, ds, path, root_existed, wait_timeout_s, poll_s, verify)
+        return _wait_for(cfg, ds, path, root_existed, wait_timeout_s, poll_s, verify, key)
+    if is_store(path):
+        st, _ = _open_cached(path, key, verify)
+        if st is not None:
+            return st
 
     # One builder per store: another process building the same one (same key) is waited for and
-    # its store reused; the leftovers of a killed build are removed first.
+    # its store reused; the leftovers of a killed build are removed first; a cached store that may
+    # not be served is replaced.
     with hold(path, wait_s=wait_timeout_s, what="data store"):
+        replace = False
         if is_store(path):
-            return _open_cached(path, key, verify)
+            st, why = _open_cached(path, key, verify)  # again: a process we waited for may have rebuilt it
+            if st is not None:
+                return st
+            print(f"warning: rebuilding the cached store {path}: {why}", file=sys.stderr)
+            replace = True
         clean_leftovers(path)
-        return _build(cfg, ds, fn, root, root_existed, key, doc, path, verify)
+        return _build(cfg, ds, fn, root, root_existed, key, doc, path, verify, replace)
 
 
 def _build(cfg: DataConfig, ds: str, fn: Any, root: Any, root_existed: bool, key: str, doc: Dict[str, Any],
-           path: Path, verify: bool) -> Store:
+           path: Path, verify: bool, replace: bool = False) -> Store:
     marker = _error_marker(path)
     marker.unlink(missing_ok=True)
     try:
@@ -171,7 +198,8 @@ def _build(cfg: DataConfig, ds: str, fn: Any, root: Any, root_existed: bool, key
         meta = {"data_config": dataclasses.asdict(cfg), "cache_key": key, "cache_key_doc": doc}
         try:
             return write_store(path, train=(raw.train_x, raw.train_y), test=(raw.test_x, raw.test_y),
-                               classes=raw.classes, meta=meta, kind="clean", name=ds, source=source)
+                               classes=raw.classes, meta=meta, kind="clean", name=ds, source=source,
+                               overwrite=replace)
         except DataError:
             if is_store(path):  # another process built the same store first: use it
                 return open_store(path, verify=verify)

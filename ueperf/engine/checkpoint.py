@@ -14,7 +14,7 @@ from typing import Any, Dict
 import torch
 
 from ..errors import UeperfError
-from ..files import torch_save_atomic
+from ..files import torch_load_safe, torch_save_atomic
 
 
 def save_checkpoint(path: os.PathLike, state: Dict[str, Any]) -> None:
@@ -25,11 +25,7 @@ def load_checkpoint(path: os.PathLike) -> Dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise UeperfError(f"no checkpoint at {path}: nothing to resume (start the run without --resume)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise UeperfError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
-                          f"delete it to restart the run from scratch") from None
+    return torch_load_safe(path, "checkpoint", "Delete it to restart the run from scratch.")
 
 
 def snapshot(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:

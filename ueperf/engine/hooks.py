@@ -41,7 +41,7 @@ class TrainerView:
     ``lr``), ``autocast_dtype`` (None = fp32). Change: ``lr_mult[j]`` (group j's learning-rate
     multiplier, between epochs), ``group_lr`` (per-layer-group multipliers, in ``on_model`` only).
     Do: :meth:`eval_transform`, :meth:`evaluate`, :meth:`snapshot` / :meth:`restore` (weights,
-    BN statistics and optimiser state), :meth:`reset_momentum`.
+    BN statistics and optimiser state), :meth:`reset_momentum`, :meth:`warn`.
     """
 
     def __init__(self, trainer: Any):
@@ -85,6 +85,11 @@ class TrainerView:
     def restore(self, state: Dict[str, Any]) -> None:
         """Load a :meth:`snapshot` back: weights, BN statistics and momentum."""
         self._t.wrapped.load_state_dict(state)
+
+    def warn(self, message: str) -> None:
+        """Tell the user something went other than they likely wanted: printed once and kept in
+        summary.json's ``warnings``."""
+        self._t.warn(message)
 
     def reset_momentum(self) -> None:
         """Forget the optimiser's state: the next steps are those of a fresh SGD."""

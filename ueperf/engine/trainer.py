@@ -15,7 +15,6 @@ resumed run sees exactly the batches an uninterrupted run would (bit-for-bit on 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import random
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from .. import __version__
 from .. import parallel
 from ..config import RESULT_FREE_KEYS, RunConfig, from_dict, to_dict
-from ..errors import ConfigError, TrainingDiverged, UeperfError, require
+from ..errors import ConfigError, DataError, TrainingDiverged, UeperfError
 from ..files import clean_leftovers_in, hold, write_json_atomic
 from ..reports.records import RecordWriter
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -118,6 +117,7 @@ class Trainer:
         self._store_arg = store
         self._model_arg = model
         self.records: List[Dict[str, Any]] = []
+        self.warnings: List[str] = []
         self.epoch = 0
         self.view = TrainerView(self)  # what hooks are given
 
@@ -169,6 +169,7 @@ class Trainer:
             self.test_split = Split(x=tx, y=ty, name="test", store_path=None)
         self.test_loader = make_loader(self.test_split, max(1, cfg.train.eval_batch_size // ctx.world_size),
                                        shuffle=False, drop_last=False, **common)
+        self._check_classes()
 
         # ── model ──
         from ..models import build_model, load_pretrained
@@ -223,6 +224,33 @@ class Trainer:
             h.on_train_start(self.view)
         return self
 
+    def warn(self, message: str) -> None:
+        """A warning for the user: printed once (main rank) and kept in summary.json's ``warnings``."""
+        if message in self.warnings:
+            return
+        self.warnings.append(message)
+        if self.ctx.is_main:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def _check_classes(self) -> None:
+        """Degenerate data, before any training: fewer than two classes to learn is refused; classes
+        without test images (their accuracy is never measured) or without training images are warned of."""
+        names = self.store.classes
+        train_k = np.unique(np.asarray(self.train_split.y))
+        if train_k.size < 2:
+            raise DataError(f"the training set of {self.store.path} holds {train_k.size} class(es) "
+                            f"({', '.join(names[int(k)] for k in train_k) or 'none'}): a classifier needs at least 2 "
+                            f"(check data.classes and data.train_limit)")
+        test_k = set(np.unique(np.asarray(self.test_split.y)).tolist())
+        no_test = [names[k] for k in range(len(names)) if k not in test_k]
+        if no_test:
+            self.warn(f"{len(no_test)} class(es) have no test images, so their accuracy is never measured: "
+                      f"{', '.join(no_test[:8])}{' ...' if len(no_test) > 8 else ''}")
+        no_train = [names[k] for k in range(len(names)) if k not in set(train_k.tolist())]
+        if no_train:
+            self.warn(f"{len(no_train)} class(es) have no training images (the model can never predict them "
+                      f"correctly): {', '.join(no_train[:8])}{' ...' if len(no_train) > 8 else ''}")
+
     def _train_split(self) -> Any:
         """The training split, after any hook's one-time image transform (test split untouched)."""
         split = self.store.train
@@ -242,18 +270,8 @@ class Trainer:
 
     @staticmethod
     def _validate(cfg: RunConfig) -> None:
-        t, o = cfg.train, cfg.optim
-        checks = [(t.epochs >= 1, f"train.epochs={t.epochs}: must be >= 1"),
-                  (t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be >= 1"),
-                  (t.eval_batch_size >= 1, f"train.eval_batch_size={t.eval_batch_size}: must be >= 1"),
-                  (o.lr >= 0 and math.isfinite(o.lr), f"optim.lr={o.lr}: must be a finite number >= 0"),
-                  (0 <= o.momentum < 1, f"optim.momentum={o.momentum}: must be in [0, 1)"),
-                  (o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0"),
-                  (o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip}: must be >= 0 (0 = off)"),
-                  (t.log_every >= 1, f"train.log_every={t.log_every}: must be >= 1"),
-                  (cfg.augment.crop_padding >= 0, f"augment.crop_padding={cfg.augment.crop_padding}: must be >= 0")]
-        require(checks)
-        lr_factor(o.schedule, 0, 1)  # validates the schedule name
+        from .validate import check_run_config
+        check_run_config(cfg)
 
     def _prepare_run_dir(self) -> None:
         d = self.run_dir
@@ -508,6 +526,7 @@ class Trainer:
             "total_time_s": self.records[-1]["elapsed_s"] if self.records else 0.0,
             "world_size": self.ctx.world_size, "backend": self.ctx.backend, "device": str(self.ctx.device),
             "dataset": self.store.manifest.get("name"), "model": self.cfg.model.name,
+            "warnings": list(self.warnings),
         }
         for h in self.hooks:
             h.on_train_end(self.view, summary)

@@ -20,7 +20,6 @@ makes a "pretrained" run a random-init run. The head is the exception: when its 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from typing import Dict, List, Tuple
@@ -28,7 +27,8 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, UeperfError
+from ..files import torch_load_safe
 
 # Wrapper keys under which training scripts store the weights, most specific first.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -63,24 +63,13 @@ def read_state_dict(path: str | os.PathLike) -> Tuple[Dict[str, torch.Tensor], L
                          f"path of a local .pth/.pt state_dict (model.pretrained); nothing is "
                          f"downloaded.")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = str(e)
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if refused:
-            raise ModelError(
-                f"{p} is not a plain weights file: it stores a Python object ({refused.group(1)}) "
-                f"that safe loading (torch.load(weights_only=True)) refuses to run. If you trust "
-                f"the file, re-save just its tensors once, e.g. torch.save(torch.load(path, "
-                f"weights_only=False)['state_dict'], 'weights.pth'), and point model.pretrained "
-                f"at that.") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        raise ModelError(f"cannot read {p} as a PyTorch checkpoint "
-                         f"({detail.group(1).strip() if detail else 'unpickling failed'}). Is it "
-                         f"complete, and saved with torch.save (not safetensors/ONNX)?") from None
-    except Exception as e:  # truncated zip, not a torch file at all, ...
-        raise ModelError(f"cannot read {p} as a PyTorch checkpoint ({type(e).__name__}: {e}). "
-                         f"Is it complete, and saved with torch.save (not safetensors/ONNX)?") from None
+        obj = torch_load_safe(p, "pretrained checkpoint",
+                              "Point model.pretrained at a state dict saved with torch.save (a local "
+                              ".pth/.pt; safetensors/ONNX files are not read). If you trust the file, re-save "
+                              "just its tensors once: torch.save(torch.load(path, weights_only=False)"
+                              "['state_dict'], 'weights.pth').")
+    except UeperfError as e:
+        raise ModelError(str(e)) from None
 
     notes: List[str] = []
     for _ in range(3):  # wrappers nest at most a couple of levels ({"model": {"state_dict": ...}})

@@ -32,7 +32,7 @@ from .. import parallel
 from ..config import RunConfig, apply_overrides, result_keys, to_dict
 from ..data.store import Store, open_store
 from ..errors import ConfigError
-from ..files import hold
+from ..files import hold, torch_load_safe
 from .base import ProtectContext
 
 DEFAULT_CACHE_DIR = "~/.cache/ueperf"
@@ -88,7 +88,8 @@ def _load(folder: Path, cfg: RunConfig, store: Store, device: torch.device) -> t
     from ..models import build_model
     m = build_model(cfg.model.name, store.num_classes, store.image_shape[0], width=cfg.model.width,
                     stem=cfg.model.stem)
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    state = torch_load_safe(folder / "model.pt", "cached surrogate",
+                            f"Delete {folder} and the surrogate is trained again on the next run.")
     m.load_state_dict(state)
     m = m.to(device).to(memory_format=torch.channels_last).eval()
     # Crafting only differentiates w.r.t. the input: frozen weights skip their gradient work.

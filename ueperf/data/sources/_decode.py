@@ -57,6 +57,11 @@ def _resize_crop(img: Any, size: int) -> Any:
     return img.crop((left, top, left + size, top + size))
 
 
+# The largest image decoded: 8192 x 8192 (an ImageNet photo is < 0.3 M pixels; PIL's own bomb check
+# only warns below 179 M, after which an 11000 x 11000 PNG had cost 1.5 GB).
+MAX_PIXELS = 8192 * 8192
+
+
 def decode_one(name: str, src: Any, size: int = 0) -> np.ndarray:
     """Decode one image to (H, W, 3) uint8; ``src`` is encoded bytes, a file path or an RGB array.
 
@@ -69,6 +74,10 @@ def decode_one(name: str, src: Any, size: int = 0) -> np.ndarray:
     else:
         try:
             img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src)
+            if img.size[0] * img.size[1] > MAX_PIXELS:  # from the header: nothing decoded yet
+                raise DataError(f"image {name} is {img.size[0]}x{img.size[1]} pixels, more than the {MAX_PIXELS:,} "
+                                f"ueperf decodes ({3 * MAX_PIXELS / 2**30:.1f} GiB of RGB per image): a crafted "
+                                f"file, or a photo to downscale before it joins a dataset")
             if size > 0:
                 # JPEG: decode at the smallest DCT scale still >= size per side (much faster
                 # for large photos; the bicubic resize below does the rest).

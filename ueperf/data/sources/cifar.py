@@ -56,9 +56,10 @@ class _SafeUnpickler(pickle.Unpickler):
     """Unpickles builtins (dict, list, bytes, str, int) and plain numpy arrays, nothing else.
 
     The official files (Python 2 pickles) and re-pickled copies (protocol 2 from Python 3) need
-    ``numpy.ndarray``, ``numpy.dtype``, ``numpy[._]core.multiarray._reconstruct`` and
-    ``_codecs.encode`` (how protocol 2 stores bytes). Each is wrapped so it can only build a
-    non-object array or latin-1 bytes; every other global is refused before it is looked up.
+    ``numpy.ndarray``, ``numpy.dtype``, ``numpy[._]core.multiarray._reconstruct``, ``...scalar``
+    (numpy integers, e.g. labels re-pickled from an array) and ``_codecs.encode`` (how protocol 2
+    stores bytes). Each is wrapped so it can only build a non-object array, a numeric scalar or
+    latin-1 bytes; every other global is refused before it is looked up.
     """
 
     def __init__(self, file: Any, what: str):
@@ -90,6 +91,13 @@ class _SafeUnpickler(pickle.Unpickler):
                     raise refuse(f"array subtype {subtype!r}")
                 return real(subtype, shape, dtype)
             return safe_reconstruct
+        if name == "scalar" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            # numpy scalars (e.g. labels re-pickled as numpy integers): a dtype and its raw bytes
+            def safe_scalar(dtype: Any, data: Any = None) -> Any:
+                if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, bytearray)):
+                    raise refuse(f"numpy scalar of {dtype!r}")
+                return np.frombuffer(bytes(data), dtype=dtype, count=1)[0]
+            return safe_scalar
         if (module, name) == ("_codecs", "encode"):
             def latin1_encode(obj: Any, encoding: str = "latin1", *rest: Any) -> bytes:
                 if not isinstance(obj, str) or encoding.lower() not in ("latin1", "latin-1", "iso-8859-1"):

@@ -52,36 +52,48 @@ def _inside(real: str, root: Path) -> bool:
 
 
 def _walk_sorted(top: Path, root: Path, seen: set) -> Iterator[str]:
-    """Image paths under ``top`` relative to it (posix), in torchvision ImageFolder order.
+    """Image paths under ``top`` relative to it (posix), in torchvision ImageFolder order (that of
+    ``sorted(os.walk(top, followlinks=True))``).
 
     Links are followed only where they stay inside the dataset folder ``root`` and lead to a folder
     not yet visited (``seen``: the real paths visited so far, shared by every class of a split): a
     link out of ``root``, or one that leads to a folder already read (``train/a/loop -> ..``, or
-    into another class), is a DataError naming it, so no image is read twice or from outside."""
+    into another class), is a DataError naming it — checked before descending, so a loop or a link
+    to ``/`` is never walked."""
     def inside(p: str) -> bool:
         return _inside(p, root)
 
-    for dirpath, dirnames, fnames in sorted(os.walk(top, followlinks=True)):
-        for d in list(dirnames):
-            full = os.path.join(dirpath, d)
-            real = os.path.realpath(full)
-            if os.path.islink(full) and not inside(real):
-                raise DataError(f"{full} is a link out of the dataset folder {root} (to {real}); a dataset is "
-                                f"read from inside its folder only: copy the images in, or set data.root to "
-                                f"the real location")
-            if real in seen:
-                raise DataError(f"{full} leads back to {real}, which is already part of the dataset (a link "
-                                f"loop): its images would be read twice under another class; remove the link")
-            seen.add(real)
-        rel = Path(dirpath).relative_to(top).as_posix()
-        for f in sorted(fnames):
-            if _is_image(f):
-                full = os.path.join(dirpath, f)
-                if os.path.islink(full) and not inside(os.path.realpath(full)):
+    dirs = []  # (dirpath, image file names), gathered first, then yielded in sorted(os.walk) order
+    stack = [str(top)]
+    while stack:
+        dirpath = stack.pop()
+        with os.scandir(dirpath) as it:
+            entries = list(it)
+        files = []
+        for e in entries:
+            full = e.path
+            if e.is_dir():  # follows links: a link to a folder is a folder here
+                real = os.path.realpath(full)
+                if e.is_symlink() and not inside(real):
+                    raise DataError(f"{full} is a link out of the dataset folder {root} (to {real}); a dataset is "
+                                    f"read from inside its folder only: copy the images in, or set data.root to "
+                                    f"the real location")
+                if real in seen:
+                    raise DataError(f"{full} leads back to {real}, which is already part of the dataset (a link "
+                                    f"loop, or another class's folder): its images would be read twice; remove the link")
+                seen.add(real)
+                stack.append(full)
+            elif _is_image(e.name):
+                if e.is_symlink() and not inside(os.path.realpath(full)):
                     raise DataError(f"{full} is a link out of the dataset folder {root} (to "
                                     f"{os.path.realpath(full)}); copy the image in, or set data.root to the "
                                     f"real location")
-                yield f if rel == "." else f"{rel}/{f}"
+                files.append(e.name)
+        dirs.append((dirpath, sorted(files)))
+    for dirpath, files in sorted(dirs):
+        rel = Path(dirpath).relative_to(top).as_posix()
+        for f in files:
+            yield f if rel == "." else f"{rel}/{f}"
 
 
 def _sort_key(rel: str) -> Tuple[str, str]:
