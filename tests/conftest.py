@@ -164,8 +164,14 @@ def small_prior(cifar_arrays, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# Stores are sealed with a per-user key (ueperf.files.seal_key_path): the session uses its own, so
-# the gate never writes into the user's ~/.config and every process it starts shares the key.
+# Stores are sealed with a per-user key (ueperf.files.seal_key_path): the session uses its own, and
+# its own cache folder for what configs cache by default (stores sealed with that key), so the gate
+# never writes into the user's ~/.config or ~/.cache and every process it starts shares both.
 if "UEPERF_SEAL_KEY" not in os.environ:
     import tempfile
-    os.environ["UEPERF_SEAL_KEY"] = os.path.join(tempfile.mkdtemp(prefix="ueperf-seal-"), "seal.key")
+    _session = tempfile.mkdtemp(prefix="ueperf-gate-")
+    os.environ["UEPERF_SEAL_KEY"] = os.path.join(_session, "seal.key")
+    os.environ["UEPERF_CACHE_DIR"] = os.path.join(_session, "cache")
+    import atexit
+    import shutil
+    atexit.register(shutil.rmtree, _session, ignore_errors=True)

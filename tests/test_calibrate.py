@@ -28,7 +28,8 @@ def test_holdout_two_per_class_fixed_and_disjoint():
 
 def test_calibrate_runs_the_grid_and_picks_the_best_held_out_score(tmp_path, capsys):
     sets = ["--set", f"out_dir={tmp_path}", "--set", "train.epochs=2", "--set", "train.progress=false",
-            "--set", "acm.subset=100", "--set", "train.threads=1"]
+            "--set", "acm.subset=100", "--set", "train.threads=1", "--set", "st.warmup_epochs=0",
+            "--set", "st.warmup_steps=0", "--set", "st.check_every=1000000"]
     assert main(["--recipe", "synthetic_smoke", "--grid", "st.tau=1e-9,1e9", "--grid", "st.alpha=0.5",
                  "--name", "cal", *sets]) == 0
     doc = json.loads((tmp_path / "cal" / "calibration.json").read_text())

@@ -90,14 +90,19 @@ def test_multipliers_geometric_and_linear():
     assert multipliers(40, 4, 0.5) == [0, 0, 0, 0]
     assert multipliers(1, 4, 0.5, "linear") == pytest.approx([0.5, 0.625, 0.75, 0.875])
     assert multipliers(2, 4, 0.5, "linear") == pytest.approx([0, 0.25, 0.5, 0.75])
+    assert multipliers(2, 4, 0.5, "exponential") == pytest.approx([0.25, 0.5 ** 1.5, 0.5, 0.5 ** 0.5])
     with pytest.raises(ConfigError, match="st.multiplier"):
         multipliers(1, 4, 0.5, "cubic")
 
 
 # ───────────────────────────────────────────── ST on short runs ──
 def _st_cfg(tmp_path, name, cm="st", **sets):
+    """A short synthetic ST run checked once per epoch (at its end) with the absolute trigger, unless
+    ``sets`` say otherwise."""
     base = {"out_dir": str(tmp_path), "name": name, "train.progress": "false", "train.epochs": 3,
-            "train.deterministic": "true", "train.threads": 1, "acm.subset": 100}
+            "train.deterministic": "true", "train.threads": 1, "acm.subset": 100,
+            "st.check_every": 10 ** 6, "st.trigger": "absolute", "st.warmup_epochs": 0,
+            "st.warmup_steps": 0}
     base.update(sets)
     return build("synthetic_smoke", [f"{k}={v}" for k, v in base.items()], countermeasure=cm)
 
@@ -121,7 +126,8 @@ def test_rollback_restores_weights_momentum_and_bn_exactly(tmp_path):
     assert [r["rejected"] for r in recs] == [True, True]
     assert [r["st_counter"] for r in recs] == [1, 2]
     assert recs[1]["st_v"] == multipliers(2, 10, 0.5)
-    assert "test_acc_rejected" in recs[0]
+    assert recs[0]["st_checks"][0]["test_acc_rejected"] is not None     # monitoring of the rejected weights
+    assert recs[0]["st_checks"][0]["rolled_back_to"] == 0.0            # the initialisation
     tr.close()
 
 
@@ -213,7 +219,7 @@ class _Crash(TrainHook):
 
 
 def test_st_resume_is_bit_for_bit(tmp_path):
-    sets = {"st.trigger": "jump", "st.jump": 1.05, "train.epochs": 4}
+    sets = {"st.trigger": "jump", "st.jump": 1.05, "train.epochs": 4, "st.check_every": 2}
     cfg = _st_cfg(tmp_path, "full", **sets)
     train(cfg, hooks=build_hooks(cfg))
     cut = _st_cfg(tmp_path, "cut", **sets)
@@ -221,15 +227,24 @@ def test_st_resume_is_bit_for_bit(tmp_path):
         train(cut, hooks=build_hooks(cut) + [_Crash(2)])
     cut = _st_cfg(tmp_path, "cut", **sets)
     train(cut, hooks=build_hooks(cut), resume=True)
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("images_per_s", "train_time_s", "elapsed_s", "acm_ms")}
+    timing = ("images_per_s", "train_time_s", "elapsed_s", "acm_ms")
+
+    def strip(r):
+        r = {k: v for k, v in r.items() if k not in timing}
+        r["st_checks"] = [{k: v for k, v in c.items() if k not in timing} for c in r.get("st_checks", [])]
+        return r
     ra = [strip(json.loads(l)) for l in (tmp_path / "full" / "records.jsonl").read_text().splitlines()]
     rb = [strip(json.loads(l)) for l in (tmp_path / "cut" / "records.jsonl").read_text().splitlines()]
     assert ra == rb
-    assert any(r["rejected"] for r in ra) and not all(r["rejected"] for r in ra)  # both branches exercised
+    checks = [c["accepted"] for r in ra for c in r["st_checks"]]
+    assert any(checks) and not all(checks)                                # both branches exercised
+    assert len({r["st_counter"] for r in ra}) > 1                         # rollbacks across the cut
 
 
 def test_bad_st_values_and_deepspeed_are_refused():
     for sets, needle in [(["st.alpha=1.5"], "st.alpha"), (["st.trigger=often"], "st.trigger"),
+                         (["st.check_every=-1"], "st.check_every"), (["st.rollback=-1"], "st.rollback"), (["st.window=0"], "st.window"),
+                         (["st.lr_scale=sqrt"], "st.lr_scale"), (["st.warmup_epochs=-0.5"], "st.warmup_epochs"),
                          (["st.jump=0.9"], "st.jump"), (["acm.backend=umap"], "acm.backend"),
                          (["parallel.backend=deepspeed"], "DeepSpeed")]:
         with pytest.raises(ConfigError, match=needle):

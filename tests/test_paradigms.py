@@ -93,7 +93,8 @@ def test_a_prior_of_another_architecture_is_refused(prior, tmp_path):
 
 
 def test_st_under_partial_freeze_acts_on_trainable_groups_only(prior, tmp_path):
-    tr = _trainer(tmp_path, "pf2", prior[0], "st.tau=1e-9", "acm.subset=60", cm="st")
+    tr = _trainer(tmp_path, "pf2", prior[0], "st.trigger=absolute", "st.tau=1e-9", "st.warmup_epochs=0", "st.warmup_steps=0",
+                  "st.check_every=1000000", "acm.subset=60", cm="st")
     tr.fit()
     n_train = len(tr.param_groups)
     assert n_train < len(tr.model.layer_groups())

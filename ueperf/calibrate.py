@@ -1,7 +1,7 @@
 """Pick a countermeasure's hyperparameters from 20 clean images (spec §4.7).
 
     python -m ueperf.calibrate --dataset STORE --countermeasure st \\
-        [--grid st.tau=0.5,1,1.5,2,3,4] [--grid st.alpha=0.3,0.5,0.7] [--holdout 20] [--set k=v ...]
+        [--grid st.jump=1.3,1.5,2,3] [--grid st.alpha=0.3,0.5,0.7] [--holdout 20] [--set k=v ...]
 
 Every combination of the grid values trains the countermeasure (on the protected training set
 only, usually with a shortened budget via ``--set train.epochs=...``); the trained model is
@@ -10,7 +10,9 @@ also excludes from its reported test set (``data.test_holdout``), so the choice 
 images the results are reported on. The best held-out accuracy wins (ties: lower held-out loss,
 then the earlier grid point). Writes ``calibration.json`` (grid, every run's scores, the choice,
 the ``--set`` line to reuse it) and ``calibration.md`` under ``out_dir/NAME``.
-Default grid: spec §4.7's τ × α for ST's absolute trigger.
+Default grid: ST's jump ratio × α (the default, scale-free trigger); spec §4.7's τ × α
+(``--grid st.tau=0.5,1,1.5,2,3,4 --grid st.alpha=0.3,0.5,0.7``) calibrates the paper's absolute
+trigger, which a grid over ``st.tau`` selects unless ``st.trigger`` is given.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-DEFAULT_GRID = ["st.tau=0.5,1,1.5,2,3,4", "st.alpha=0.3,0.5,0.7"]  # spec §4.7
+DEFAULT_GRID = ["st.jump=1.3,1.5,2,3", "st.alpha=0.3,0.5,0.7"]  # spec §4.7's α; the jump ratio [ours]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +68,10 @@ def main(argv=None) -> int:
     if args.holdout < 1:
         raise ConfigError(f"--holdout={args.holdout}: must be >= 1")
     combos = list(itertools.product(*[v for _, v in grid]))
+    keys = {k for k, _ in grid} | {o.split("=", 1)[0].strip() for o in args.overrides}
+    if "st.tau" in keys and "st.trigger" not in keys:  # τ only matters to the absolute trigger
+        args.overrides = [*args.overrides, "st.trigger=absolute"]
+        print("calibrating st.tau: using st.trigger=absolute (the trigger τ belongs to)", file=sys.stderr)
     base = build(args.recipe, args.overrides, countermeasure=args.countermeasure, dataset=args.dataset)
     out = Path(base.out_dir).expanduser() / args.name
     for combo in combos:  # every grid value type-checks before any training

@@ -5,7 +5,7 @@ leaves ``.<name>.tmp-<pid>-<hex>`` files or folders (and ``.<name>.old-…`` whe
 folder); a failed cache build leaves a ``.<name>.error`` marker for the processes that waited on
 it; an interrupted surrogate training leaves a resumable ``.<key>.partial`` folder. Most of these
 are removed the next time the same target is written (under its lock); this command finds the rest
-under the given folders (default: the cache, ``~/.cache/ueperf``, and ``runs/``), skipping every
+under the given folders (default: the cache, ``$UEPERF_CACHE_DIR`` or ``~/.cache/ueperf``, and ``runs/``), skipping every
 target whose lock a live process holds. ``--partial`` also removes the resumable surrogate folders.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
-from .files import LOCK_SUFFIX, OLD_MARK, TEMP_MARK, Busy, hold
+from .files import LOCK_SUFFIX, OLD_MARK, TEMP_MARK, Busy, default_cache_dir, hold
 
 ERROR_SUFFIX = ".error"
 PARTIAL_SUFFIX = ".partial"
@@ -65,11 +65,11 @@ def clean(roots: List[Path], dry_run: bool = False, partial: bool = False) -> Li
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ueperf.clean", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", nargs="*", help="folders to clean (default: ~/.cache/ueperf and runs/)")
+    p.add_argument("folders", nargs="*", help="folders to clean (default: $UEPERF_CACHE_DIR or ~/.cache/ueperf, and runs/)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     p.add_argument("--partial", action="store_true", help="also remove resumable surrogate trainings (.*.partial)")
     args = p.parse_args(argv)
-    roots = [Path(f).expanduser() for f in (args.folders or ["~/.cache/ueperf", "runs"])]
+    roots = [Path(f).expanduser() for f in (args.folders or [default_cache_dir(), "runs"])]
     done = clean(roots, dry_run=args.dry_run, partial=args.partial)
     for path, what in done:
         print(f"{'would remove' if args.dry_run else 'removed'} {path}  ({what})")

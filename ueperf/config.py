@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import ConfigError
+from .files import default_cache_dir
 
 
 # ───────────────────────────────────────────── components ──
@@ -21,7 +22,7 @@ from .errors import ConfigError
 class DataConfig:
     dataset: str = "embedded"       # registered source name (cifar10, cifar100, imagefolder, synthetic, embedded) or a store folder
     root: str = ""                  # where the source lives: folder or archive (.tar.gz); "" = default for the source
-    cache_dir: str = "~/.cache/ueperf"  # where uint8 stores are written
+    cache_dir: str = field(default_factory=default_cache_dir)  # where uint8 stores are written ($UEPERF_CACHE_DIR or ~/.cache/ueperf)
     download: bool = False          # download the source if missing (needs network)
     image_size: int = 0             # resize to this many pixels per side at store build (0 = native)
     train_limit: int = 0            # keep only the first N training images (0 = all)
@@ -114,14 +115,23 @@ class ACMConfig:
 
 @dataclass
 class STConfig:
-    """Progressive Staged Training (spec §4.3-4.5)."""
-    trigger: str = "absolute"       # absolute: ACM > tau | jump: ACM > jump · previous accepted ACM | rise: ACM > jump · running minimum
+    """Progressive Staged Training (spec §4.3-4.5, ueperf.countermeasures.st)."""
+    trigger: str = "jump"           # jump: ACM > jump · median of the last `window` epochs of accepted ACMs | rise: ACM >
+                                    # jump · lowest accepted ACM | absolute: ACM > tau (spec) | never: record only [ours §4.9]
     tau: float = 2.0                # absolute threshold (provisional; calibrate, spec §4.7) [ours]
-    jump: float = 1.3               # relative triggers: ratio that counts as shortcut learning [ours]
+    jump: float = 1.5               # relative triggers: ratio that counts as shortcut learning [ours, measured]
+    window: float = 1.0             # jump trigger: epochs of accepted checks whose median ACM is the reference [ours]
     alpha: float = 0.5              # adjustment hyperparameter α (spec §4.3) [ours]
     multiplier: str = "geometric"   # geometric: v_l = α^max(0, c-l+1) | linear: clip(1 - α·c·(L-l+1)/L, 0, 1)
+                                    # | exponential: α^(c·(L-l+1)/L), deep groups damped too [ours]
     v_min: float = 1e-3             # multipliers below this are 0 (group frozen) [ours]
-    warmup_epochs: int = 0          # epochs accepted without an ACM test [ours]
+    warmup_epochs: float = 1.0      # checks before this (fractional) epoch ... [ours §4.9]
+    warmup_steps: int = 50          # ... and before this many optimiser steps are accepted untested [ours, measured]
+    check_every: int = 0            # optimiser steps between ACM checks (+ every epoch's end); 0 = auto:
+                                    # >= 4 per epoch, <= 50 steps apart [ours §4.9]
+    rollback: int = 0               # a trigger restores: 0 = the latest accepted check with ACM <= √jump · reference
+                                    # (before the rise), k >= 1 = the accepted check k checks back [ours]
+    lr_scale: str = "none"          # none: the pipeline's lr as in the paper | batch: × batch/128 [ours]
     finetune_epochs: int = 30       # st_full step 2: fine-tune all layers with CG, epochs [ours §4.6]
     finetune_lr: float = 0.01       # st_full step 2 base lr (cosine) [ours §4.6]
 

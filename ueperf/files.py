@@ -30,6 +30,12 @@ OLD_MARK = ".old-"              # a folder being replaced, moved aside until the
 _HASH_CHUNK = 8 << 20           # 8 MiB reads: large enough to amortise syscalls, small enough to stay in cache
 
 
+def default_cache_dir() -> str:
+    """Where stores, surrogates and priors are cached unless a config says otherwise:
+    ``$UEPERF_CACHE_DIR`` (e.g. a cluster's scratch disk), else ``~/.cache/ueperf``."""
+    return os.environ.get("UEPERF_CACHE_DIR") or "~/.cache/ueperf"
+
+
 def temp_sibling(path: PathLike, suffix: str = "", mark: str = TEMP_MARK) -> Path:
     """A fresh hidden name beside ``path`` (same filesystem, so a rename onto ``path`` is atomic):
     ``.<name>.tmp-<pid>-<8 hex><suffix>``."""

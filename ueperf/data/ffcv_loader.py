@@ -46,7 +46,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..files import atomic_write, write_json_atomic
+from ..files import atomic_write, default_cache_dir, write_json_atomic
 from ..parallel import usable_cpus
 from .order import epoch_order
 
@@ -246,7 +246,7 @@ def default_beton_path(split: Any, *, encoding: str = "raw", cache_dir: Optional
         folder = Path(store_path).expanduser().absolute() / "ffcv"
         if _writable_dir(folder):
             return folder / fname
-    root = Path(cache_dir or os.environ.get("UEPERF_CACHE_DIR") or "~/.cache/ueperf").expanduser()
+    root = Path(cache_dir or default_cache_dir()).expanduser()
     key = hashlib.sha256(_split_fingerprint(split).encode()).hexdigest()[:16]
     return root.absolute() / "ffcv" / key / fname
 

@@ -41,7 +41,7 @@ class TrainerView:
     ``lr``), ``autocast_dtype`` (None = fp32). Change: ``lr_mult[j]`` (group j's learning-rate
     multiplier, between epochs), ``group_lr`` (per-layer-group multipliers, in ``on_model`` only).
     Do: :meth:`eval_transform`, :meth:`evaluate`, :meth:`snapshot` / :meth:`restore` (weights,
-    BN statistics and optimiser state), :meth:`reset_momentum`, :meth:`warn`.
+    BN statistics and optimiser state), :meth:`reset_momentum`, :meth:`end_epoch`, :meth:`warn`.
     """
 
     def __init__(self, trainer: Any):
@@ -90,6 +90,11 @@ class TrainerView:
         """Tell the user something went other than they likely wanted: printed once and kept in
         summary.json's ``warnings``."""
         self._t.warn(message)
+
+    def end_epoch(self) -> None:
+        """From :meth:`TrainHook.on_step_end`: train no further steps in this epoch (e.g. every
+        group frozen). Every rank must decide the same."""
+        self._t._end_epoch = True
 
     def reset_momentum(self) -> None:
         """Forget the optimiser's state: the next steps are those of a fresh SGD."""
@@ -143,6 +148,11 @@ class TrainHook:
     def loss(self, trainer: Any, logits: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
         """Return a replacement loss, or None to keep cross-entropy."""
         return None
+
+    def on_step_end(self, trainer: Any, step: int, n_steps: int) -> None:
+        """After the optimiser step ``step`` (0-based) of the ``n_steps`` of the epoch in progress:
+        a hook may measure the model here and :meth:`TrainerView.restore` a snapshot (ST's checks
+        within an epoch). The next step uses whatever weights and learning-rate multipliers it leaves."""
 
     def on_epoch_end(self, trainer: Any, record: Dict[str, Any]) -> None:
         """After evaluation, before the record is written; may add keys to ``record``."""

@@ -112,6 +112,10 @@ class Trainer:
                  run_dir: Optional[os.PathLike] = None, store: Any = None, model: Optional[nn.Module] = None):
         self.cfg = cfg
         self.hooks: List[TrainHook] = list(hooks)
+        # the hooks that act after every step (a plain loop over the others would cost nothing, but
+        # the list states which hooks can change the model within an epoch)
+        self.step_hooks: List[TrainHook] = [h for h in self.hooks
+                                            if type(h).on_step_end is not TrainHook.on_step_end]
         self.resume = resume
         self._run_dir_arg = run_dir
         self._store_arg = store
@@ -387,6 +391,7 @@ class Trainer:
             torch.cuda.synchronize(ctx.device)
         t0 = time.perf_counter()
         checked = 0
+        self._end_epoch = False
         for step, (xb, yb, ib) in enumerate(self.train_loader):
             self.set_lr(epoch + step / n_steps)
             x = self.augmenter(xb, generator=gen, out_dtype=self.input_dtype)
@@ -408,6 +413,14 @@ class Trainer:
                 correct += (logits.detach().argmax(1) == y).sum()
                 hard += y.shape[0]
             seen += y.shape[0]
+            for h in self.step_hooks:
+                h.on_step_end(self.view, step, n_steps)
+            if self._end_epoch:  # a step hook ended the epoch (same decision on every rank)
+                self._check_finite(losses, checked, step + 1, epoch)
+                checked = step + 1
+                if bar is not None:
+                    bar.update(1)
+                break
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == n_steps:
                 self._check_finite(losses, checked, step + 1, epoch)
                 checked = step + 1
@@ -421,8 +434,9 @@ class Trainer:
         dt = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        tot = torch.tensor([0.0, 0.0, float(seen), float(n_steps), float(hard)], device=ctx.device, dtype=torch.float64)
-        tot[0] += losses.sum().double()
+        ran = checked  # steps run (all of them unless a hook ended the epoch early)
+        tot = torch.tensor([0.0, 0.0, float(seen), float(ran), float(hard)], device=ctx.device, dtype=torch.float64)
+        tot[0] += losses[:ran].sum().double()
         tot[1] += correct.double()
         parallel.all_reduce_sum(tot, ctx)
         dts = torch.tensor([dt], dtype=torch.float64, device=ctx.device)

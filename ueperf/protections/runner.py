@@ -43,9 +43,9 @@ from ..data.store import MANIFEST, STORE_FILES, Store, is_store, open_store
 from ..errors import ConfigError, DataError
 from . import PROTECTIONS
 from ..data.budget import NORMS, measure, size_limit
-from ..files import check_replaceable, clean_leftovers, hold, json_safe
+from ..files import check_replaceable, clean_leftovers, default_cache_dir, hold, json_safe
 from .base import GRANULARITIES, Perturbation, ProtectContext, apply, select_indices
-from .surrogate import DEFAULT_CACHE_DIR, make_surrogate_fn
+from .surrogate import make_surrogate_fn
 
 KEY_VERSION = 2      # bump when the meaning of a config changes without its fields changing
                      # (2: AEP paugment / BAIT outer_eot no longer gray a fifth of their EOT images)
@@ -107,7 +107,7 @@ def protection_key(method: str, cfg: Any, ratio: float, seed: int, clean: Store,
 
 
 def default_out(method: str, clean: Store, key: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
-    root = Path(os.path.expanduser(str(cache_dir or DEFAULT_CACHE_DIR))).absolute()
+    root = Path(os.path.expanduser(str(cache_dir or default_cache_dir()))).absolute()
     return root / "protected" / f"{method}-{clean.name}-{key[:12]}"
 
 

@@ -32,10 +32,9 @@ from .. import parallel
 from ..config import RunConfig, apply_overrides, result_keys, to_dict
 from ..data.store import Store, open_store
 from ..errors import ConfigError
-from ..files import hold, torch_load_safe
+from ..files import default_cache_dir, hold, torch_load_safe
 from .base import ProtectContext
 
-DEFAULT_CACHE_DIR = "~/.cache/ueperf"
 KEY_VERSION = 1  # bump when the training recipe changes in a way the config does not show
 
 
@@ -76,7 +75,7 @@ def surrogate_key(cfg: RunConfig, store: Store) -> Tuple[str, Dict[str, Any]]:
 
 
 def _cache_root(cache_dir: Optional[Union[str, os.PathLike]]) -> Path:
-    return Path(os.path.expanduser(str(cache_dir or DEFAULT_CACHE_DIR))).absolute() / "surrogates"
+    return Path(os.path.expanduser(str(cache_dir or default_cache_dir()))).absolute() / "surrogates"
 
 
 # ───────────────────────────────────────────── train / load ──
@@ -241,4 +240,4 @@ def _fmt(v: Any) -> str:
 
 
 __all__ = ["surrogate_config", "surrogate_key", "train_surrogate", "make_surrogate_fn", "get_surrogate",
-           "surrogate_details", "DEFAULT_CACHE_DIR"]
+           "surrogate_details"]

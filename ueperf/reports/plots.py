@@ -68,39 +68,56 @@ def _save(fig, plt, path: os.PathLike, dpi: int = 90) -> str:
 
 
 def plot_st(records: Sequence[Dict[str, Any]], path: os.PathLike, threshold: Optional[float] = None,
-            group_names: Sequence[str] = ()) -> str:
-    """Staged training at a glance: train vs clean-test accuracy with rejected (rolled-back)
-    epochs marked; ACM per epoch with its threshold; the per-group lr multipliers v as a heat
-    map (rows = layer groups shallow → deep, columns = epochs; 0 = frozen)."""
+            group_names: Sequence[str] = (), initial: Optional[Dict[str, Any]] = None, title: str = "") -> str:
+    """Staged training at a glance, on a fractional-epoch axis: (1) the running training accuracy,
+    the D_v accuracy and clean test accuracy of the kept model, and the clean test accuracy of each
+    rejected check's weights (red ×); (2) ACM at every check, accepted (dots) and rejected (red ×,
+    with a grey line back to the point it rolled back to), the threshold τ for the absolute
+    trigger, the fine-tune phase shaded; (3) the per-group lr multipliers v as a heat map (rows =
+    layer groups shallow → deep, columns = epochs; 0 = frozen). A run that never rolled back says
+    so in the ACM panel."""
     plt = _plt()
     recs = [r for r in records if "epoch" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
+    checks = ([dict(initial)] if initial else []) + [c for r in recs for c in r.get("st_checks", [])]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.4))
+    ft = [r["epoch"] for r in recs if r.get("phase") == "finetune"]
     ax = axes[0]
     tr = [(r["epoch"], 100 * r["train_acc"]) for r in recs if r.get("train_acc") is not None]
     if tr:
-        ax.plot(*zip(*tr), "-o", ms=3, label="train (protected, augmented)")
+        ax.plot(*zip(*tr), "-o", ms=3, color="0.6", label="train (running, augmented; may include rejected steps)")
+    kept = [(c["t"], 100 * c["dv_acc"]) for c in checks if c.get("accepted") and c.get("dv_acc") is not None]
+    if kept:
+        ax.plot(*zip(*kept), ".", ms=4, color="tab:blue", label="D_v accuracy of accepted checks")
     te = [(r["epoch"], 100 * r["test_acc"]) for r in recs if r.get("test_acc") is not None]
     if te:
-        ax.plot(*zip(*te), "-s", ms=3, label="clean test (accepted model)")
-    rj = [(r["epoch"], 100 * r["test_acc_rejected"]) for r in recs if r.get("test_acc_rejected") is not None]
+        ax.plot(*zip(*te), "-s", ms=3, color="tab:green", label="clean test (kept model)")
+    rj = [(c["t"], 100 * c["test_acc_rejected"]) for c in checks if c.get("test_acc_rejected") is not None]
+    rj += [(r["epoch"], 100 * r["test_acc_rejected"]) for r in recs if r.get("test_acc_rejected") is not None]
     if rj:
-        ax.plot(*zip(*rj), "rx", ms=9, label="clean test of a rejected epoch")
-    ft = [r["epoch"] for r in recs if r.get("phase") == "finetune"]
+        ax.plot(*zip(*rj), "rx", ms=8, label="clean test of rejected weights")
     if ft:
-        ax.axvspan(min(ft) - 0.5, max(ft) + 0.5, color="0.9", label="fine-tune (ST-Full step 2)")
+        ax.axvspan(min(ft) - 1, max(ft), color="0.92", label="fine-tune (ST-Full step 2)")
     ax.set_xlabel("epoch"); ax.set_ylabel("accuracy (%)"); ax.set_ylim(0, 100)
-    ax.set_title("accuracy"); ax.legend(fontsize=8)
+    ax.set_title("accuracy"); ax.legend(fontsize=7)
     ax = axes[1]
-    ac = [(r["epoch"], r["acm"]) for r in recs if r.get("acm") is not None]
-    if ac:
-        ax.plot(*zip(*ac), "-o", ms=3, label="ACM on D_v")
-        bad = [(r["epoch"], r["acm"]) for r in recs if r.get("acm") is not None and r.get("rejected")]
-        if bad:
-            ax.plot(*zip(*bad), "rx", ms=9, label="triggered (rolled back)")
+    ok = [(c["t"], c["acm"]) for c in checks if c.get("accepted")]
+    if ok:
+        ax.plot(*zip(*ok), "-o", ms=3, label="ACM on D_v (accepted check)")
+    bad = [c for c in checks if not c.get("accepted", True)]
+    for c in bad:
+        back = next((k for k in reversed(checks) if k.get("accepted") and k["t"] == c.get("rolled_back_to")), None)
+        if back is not None:
+            ax.plot([c["t"], back["t"]], [c["acm"], back["acm"]], color="0.75", lw=0.8, zorder=1)
+    if bad:
+        ax.plot([c["t"] for c in bad], [c["acm"] for c in bad], "rx", ms=8, label=f"rejected ({len(bad)}): rolled back")
+    elif checks:
+        ax.text(0.5, 0.92, "ST never rolled back", transform=ax.transAxes, ha="center", color="tab:red", fontsize=9)
     if threshold is not None:
         ax.axhline(threshold, color="r", ls="--", lw=1, label=f"threshold τ = {threshold:g}")
-    ax.set_xlabel("epoch"); ax.set_ylabel("ACM"); ax.set_title("activation cluster measurement")
-    ax.legend(fontsize=8)
+    if ft:
+        ax.axvspan(min(ft) - 1, max(ft), color="0.92")
+    ax.set_xlabel("epoch"); ax.set_ylabel("ACM"); ax.set_title(title or "activation cluster measurement", fontsize=9)
+    ax.legend(fontsize=7)
     ax = axes[2]
     vs = [(r["epoch"], r["st_v"]) for r in recs if r.get("st_v")]
     if vs:
@@ -112,7 +129,7 @@ def plot_st(records: Sequence[Dict[str, Any]], path: os.PathLike, threshold: Opt
         if group_names and len(group_names) == len(v[0]) and len(group_names) <= 20:
             ax.set_yticks(range(len(group_names)))
             ax.set_yticklabels(group_names, fontsize=7)
-    ax.set_xlabel("epoch"); ax.set_ylabel("layer group (shallow → deep)")
+    ax.set_xlabel("epoch (end)"); ax.set_ylabel("layer group (shallow → deep)")
     ax.set_title("per-group lr multipliers")
     fig.tight_layout()
     return _save(fig, plt, path)
