@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from harness import REPO as ROOT, cpu_name, hardware_tag  # noqa: E402  (bench/ is on the path: run as a script)
 from ueperf.grid import Cell, Grid, GridRunner, Row  # noqa: E402
+from ueperf.launch import Launch, run_cells  # noqa: E402
 from ueperf.reports.tables import mean_std  # noqa: E402
 
 CIFAR = "cifar-10-subset-python.tar.gz"
@@ -301,7 +302,8 @@ def run_setting(setting: Setting, checks: Sequence[Check], seeds: Sequence[int],
         acc = summary.get("final_test_acc")
         print(f"  [{done[0]}/{todo}] {cell.name}: {'–' if acc is None else f'{100 * acc:.1f} %'} "
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    runner.run(cells, after=after, workers=workers)
+    run_cells(runner, Launch("local" if workers > 1 else "inline", workers=workers if workers > 1 else 0),
+              cells=cells, after=after)
     return runner
 
 

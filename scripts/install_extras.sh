@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install ueperf's optional backends: FFCV (beton loader), DeepSpeed (ZeRO), faiss (ACM metric).
+# Install ueperf's optional backends: FFCV (beton loader), DeepSpeed (ZeRO), faiss (ACM metric),
+# submitit (sweeps on SLURM: python -m ueperf.sweep --launcher slurm).
 #
 # Usage (as root, or a user with sudo, on Debian 12 with the project's Python and torch already
 # installed):   bash scripts/install_extras.sh          PYTHON=/path/to/python bash scripts/...
@@ -42,6 +43,7 @@ PYTHON="${PYTHON:-python3}"
 FFCV_VERSION="${FFCV_VERSION:-1.0.2}"
 DEEPSPEED_VERSION="${DEEPSPEED_VERSION:-0.19.8}"
 FAISS_VERSION="${FAISS_VERSION:-1.15.1}"
+SUBMITIT_VERSION="${SUBMITIT_VERSION:-1.5.4}"
 APT_PACKAGES=(libturbojpeg0-dev libopencv-dev pkg-config g++)
 
 say() { printf '\n[install_extras] %s\n' "$*"; }
@@ -115,6 +117,13 @@ else
     timed "pip faiss-cpu" "${PIP[@]}" "faiss-cpu==$FAISS_VERSION"
 fi
 
+if have submitit "$SUBMITIT_VERSION"; then
+    say "pip: submitit $SUBMITIT_VERSION already installed"
+else
+    say "pip: submitit==$SUBMITIT_VERSION (pure Python)"
+    timed "pip submitit" "${PIP[@]}" "submitit==$SUBMITIT_VERSION"
+fi
+
 # ── verify ──
 say "verifying imports"
 timed "imports" "$PYTHON" - "$TORCH_VERSION" <<'EOF'
@@ -128,7 +137,8 @@ from ffcv.loader import Loader, OrderOption  # noqa: F401  (loads numba and the 
 from ffcv.fields import RGBImageField, IntField  # noqa: F401
 import faiss
 import deepspeed
-for dist in ("torch", "numpy", "ffcv", "numba", "opencv-python", "deepspeed", "faiss-cpu"):
+import submitit  # noqa: F401
+for dist in ("torch", "numpy", "ffcv", "numba", "opencv-python", "deepspeed", "faiss-cpu", "submitit"):
     print(f"  {dist:14s} {m.version(dist)}")
 EOF
 say "done"

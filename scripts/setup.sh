@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up ueperf in the current Python environment.
 #   bash scripts/setup.sh          core package (+ triton, pytest for the dev extra)
-#   bash scripts/setup.sh full     also the optional backends: ffcv, deepspeed, faiss (scripts/install_extras.sh)
+#   bash scripts/setup.sh full     also the optional backends: ffcv, deepspeed, faiss, submitit (scripts/install_extras.sh)
 # torch is installed first and pinned, so no extra or dependency can pull a different (multi-GB CUDA) build.
 # UEPERF_TORCH="torch==2.13.0" (default) chooses the build; on a CUDA machine set it to what you use.
 set -euo pipefail

@@ -9,7 +9,7 @@ lower one, lazily or not (an arrow up is a design error, not a style question):
     3  engine                                          the one training loop, the one PGD
     4  paradigms, countermeasures, protections         the methods
     5  recipes                                         experiments as configs
-    6  train, protect, calibrate, prior, grid, sweep, cli   the CLIs and the wiring
+    6  train, protect, calibrate, prior, grid, launch, sweep, cli   the CLIs and the wiring
 
 and further:
 
@@ -93,7 +93,7 @@ LAYERS = {
     "engine": 3,
     "paradigms": 4, "countermeasures": 4, "protections": 4,
     "recipes": 5,
-    "train": 6, "protect": 6, "calibrate": 6, "prior": 6, "grid": 6, "sweep": 6, "cli": 6, "clean": 6,
+    "train": 6, "protect": 6, "calibrate": 6, "prior": 6, "grid": 6, "sweep": 6, "cli": 6, "clean": 6, "launch": 6,
 }
 
 

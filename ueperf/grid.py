@@ -13,17 +13,17 @@ store is made once per (row, seed), before the cells that train on it, and cache
 (method, config, seed, clean data) in ``data.cache_dir``. All cells' configs are built and
 checked before the first cell starts (:meth:`GridRunner.validate`).
 
-Used by ``python -m ueperf.sweep`` (tables) and bench/effects.py (named checks).
+Used by ``python -m ueperf.sweep`` (tables) and bench/effects.py (named checks); the cells run
+where :mod:`ueperf.launch` puts them (this process, a local pool, SLURM jobs).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError
 
@@ -198,14 +198,20 @@ class GridRunner:
             cfg = self.cell_config(cell, store_path="<store>", prior="<prior>")
             build_hooks(cfg)
 
-    def cell_config(self, cell: Cell, store_path: str, prior: Optional[str] = None):
-        from .recipes import build
+    def cell_sets(self, cell: Cell, store_path: str, prior: Optional[str] = None) -> List[str]:
+        """The ``--set`` values of a cell's victim: with the recipe, the countermeasure and the
+        paradigm they are the cell's whole config (``python -m ueperf.train`` takes the same)."""
         sets = [*self.g.overrides, f"train.seed={cell.seed}", f"data.dataset={store_path}",
                 f"out_dir={self.g.out / 'runs'}", f"name={cell.name}",
                 f"train.progress={'true' if self.g.progress else 'false'}"]
         if cell.paradigm != "fs":
             sets.append(f"model.pretrained={prior if prior is not None else self.prior()}")
-        return build(self.g.recipe, sets, countermeasure=cell.countermeasure, paradigm=cell.paradigm)
+        return sets
+
+    def cell_config(self, cell: Cell, store_path: str, prior: Optional[str] = None):
+        from .recipes import build
+        return build(self.g.recipe, self.cell_sets(cell, store_path, prior), countermeasure=cell.countermeasure,
+                     paradigm=cell.paradigm)
 
     # -- data, prior, protected stores -----------------------------------------------------
     def clean(self):
@@ -287,76 +293,35 @@ class GridRunner:
         return json.loads(p.read_text()) if p.is_file() else None
 
     def run_cell(self, cell: Cell) -> Dict[str, Any]:
-        """Train one victim (or reuse / resume its run folder) and return its summary."""
-        from .config import to_dict
+        """Train one victim in this process (or reuse / resume its run folder) and return its
+        summary. Where and how cells run (a pool of processes, SLURM jobs, torchrun for a cell on
+        several devices) is :mod:`ueperf.launch`."""
         from .countermeasures import build_hooks
-        from .engine.trainer import config_diff, train
+        from .engine.trainer import Trainer
         store = self.store(cell.row, cell.seed)
         cfg = self.cell_config(cell, str(store.path))
-        done = self.summary(cell)
+        done = self.finished(cell, cfg)
         if done is not None:
-            saved = json.loads((self.run_dir(cell) / "config.json").read_text())["config"]
-            diff = config_diff(saved, to_dict(cfg))
-            if diff:  # the same coordinates run under other settings (or other code defaults)
-                raise ConfigError(f"cell {cell.name} already finished with a different config ("
-                                  + "; ".join(diff[:4]) + f"). Delete {self.run_dir(cell)} to rerun it, or "
-                                  f"give the grid another output folder")
             return done
         resume = (self.run_dir(cell) / "config.json").exists()
-        return train(cfg, hooks=build_hooks(cfg), resume=resume)
+        with Trainer(cfg, hooks=build_hooks(cfg), resume=resume, store=store) as tr:  # the store is open already
+            return tr.fit()
 
-    def run(self, cells: Optional[Iterable[Cell]] = None, after: Optional[Callable[[Cell, Dict], None]] = None,
-            workers: int = 1) -> None:
-        """Run ``cells`` (default: all), calling ``after(cell, summary)`` after each.
-
-        ``workers`` > 1 runs independent cells concurrently in that many processes (a spawn-context
-        process pool): the protected stores are made first, here, then each worker trains whole
-        cells, pinned to one GPU (``CUDA_VISIBLE_DEVICES``, round-robin) when there are GPUs, else
-        with ``cores // workers`` CPU threads. Finished cells are skipped as usual; a failing cell
-        does not stop the others and is reported at the end."""
-        todo = list(self.g.cells() if cells is None else cells)
-        if workers <= 1:
-            for cell in todo:
-                if self.g.progress:
-                    print(f"── {cell.row} × {self.g.column(cell)} (seed {cell.seed})", file=sys.stderr, flush=True)
-                s = self.run_cell(cell)
-                if after is not None:
-                    after(cell, s)
-            return
-        todo = [c for c in todo if self.summary(c) is None]
-        for row, seed in dict.fromkeys((c.row, c.seed) for c in todo):
-            self.store(row, seed)
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from .parallel import usable_cpus
-        try:
-            import torch
-            ndev = torch.cuda.device_count()
-        except Exception:  # noqa: BLE001 - no torch CUDA runtime: CPU workers
-            ndev = 0
-        ctx = mp.get_context("spawn")
-        counter = ctx.Value("i", 0)
-        threads = max(1, usable_cpus() // workers)
-        failed: List[str] = []
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(counter, ndev, threads)) as pool:
-            futures = {pool.submit(_run_cell_in_worker, self.g, c): c for c in todo}
-            for fut in as_completed(futures):
-                cell = futures[fut]
-                try:
-                    s = fut.result()
-                except Exception as e:  # noqa: BLE001 - reported with the cell, the others go on
-                    failed.append(f"{cell.name}: {type(e).__name__}: {e}")
-                    continue
-                if self.g.progress:
-                    print(f"── done {cell.row} × {self.g.column(cell)} (seed {cell.seed})", file=sys.stderr, flush=True)
-                if after is not None:
-                    after(cell, s)
-        if failed:
-            from .errors import UeperfError
-            raise UeperfError(f"{len(failed)} of {len(todo)} cells failed (rerun the same command to retry them):\n  "
-                              + "\n  ".join(failed))
+    def finished(self, cell: Cell, cfg) -> Optional[Dict[str, Any]]:
+        """A finished cell's summary, checked against ``cfg`` (its config now: a :class:`ConfigError`
+        when the same coordinates ran under other settings), or None."""
+        done = self.summary(cell)
+        if done is None:
+            return None
+        from .config import to_dict
+        from .engine.trainer import config_diff
+        saved = json.loads((self.run_dir(cell) / "config.json").read_text())["config"]
+        diff = config_diff(saved, to_dict(cfg))
+        if diff:  # the same coordinates run under other settings (or other code defaults)
+            raise ConfigError(f"cell {cell.name} already finished with a different config ("
+                              + "; ".join(diff[:4]) + f"). Delete {self.run_dir(cell)} to rerun it, or "
+                              f"give the grid another output folder")
+        return done
 
     # -- results ---------------------------------------------------------------------------
     def results(self) -> Dict[str, Dict[str, Dict[str, List[Optional[float]]]]]:
@@ -369,22 +334,3 @@ class GridRunner:
                 v = s.get(m)
                 col[m].append(float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None)
         return out
-
-
-# ───────────────────────────────────────────── worker processes ──
-def _worker_init(counter, ndev: int, threads: int) -> None:
-    """A pool worker: its own GPU (round-robin over ``ndev``) or ``threads`` CPU threads."""
-    import os
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
-    if ndev:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % ndev)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-    torch.set_num_threads(threads)
-
-
-def _run_cell_in_worker(grid: Grid, cell: Cell) -> Dict[str, Any]:
-    runner = GridRunner(dataclasses.replace(grid, progress=False))
-    return runner.run_cell(cell)

@@ -7,6 +7,10 @@ clean test accuracy, mean ± std over seeds.
         [--data train_limit=5000] [--out sweeps/NAME]
     python -m ueperf.sweep ... --paradigms fs,lp,pf1,pf2,pf3,ft --prior PATH|RECIPE [--prior-set k=v]
     python -m ueperf.sweep ... --table-only          # redraw the tables from the finished cells
+    python -m ueperf.sweep ... --launcher local --workers 8          # cells at once, one per GPU
+    python -m ueperf.sweep ... --gpus-per-cell 8                     # each cell under torchrun on 8 GPUs
+    python -m ueperf.sweep ... --launcher slurm --slurm-partition gpu --slurm-time 4:00:00   # submitit
+    python -m ueperf.sweep ... --dry-run             # check every cell's config, print what would run
 
 For each protection row (``clean`` = the clean training set) and seed, the protected store is made
 once (or reused: stores are keyed by method, config, seed and clean data); for each countermeasure
@@ -16,6 +20,11 @@ folder under ``OUT/runs/`` (see ueperf.grid): a finished cell is reused, an inte
 resumed, so rerunning the same command continues a sweep. Writes ``OUT/table.{md,csv,json,png}``
 (final clean test accuracy) and the companion tables ``peak``, ``train`` (final training
 accuracy), ``time`` (minutes per run) and ``speed`` (training images/s).
+
+Where the cells run is :mod:`ueperf.launch`: ``--launcher inline`` (default: one after another
+here), ``local`` (``--workers`` processes on this machine, one per GPU), ``slurm`` (jobs through
+submitit: protections first, each protection's cells as a job array after it; submit and return,
+rerun to collect finished cells and resubmit the failed ones). Same cells, same numbers.
 """
 from __future__ import annotations
 
@@ -68,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="sweep folder (default sweeps/<dataset>-<time>)")
     p.add_argument("--table-only", action="store_true", help="only redraw the tables from the cells finished so far")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .launch import add_arguments
+    add_arguments(p)
     return p
 
 
@@ -125,13 +136,25 @@ def main(argv=None) -> int:
     command = "python -m ueperf.sweep " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     grid = grid_from_args(args)
     runner = GridRunner(grid)
+    from . import launch
+    lc = launch.from_args(args)
     runner.validate()                       # every name and every cell's config, before any work
-    grid.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
-        runner.run(after=lambda cell, s: write_tables(runner, command, final=False))
+        launch.check(lc, runner)            # and where they will run
+    if lc.dry_run:
+        print("\n".join(launch.plan(runner, lc)))
+        return 0
+    grid.out.mkdir(parents=True, exist_ok=True)
+    res = None
+    if not args.table_only:
+        res = launch.run_cells(runner, lc, after=lambda cell, s: write_tables(runner, command, final=False))
     md = write_tables(runner, command)
     print(md.read_text())
     print(f"wrote {grid.out}/table.md (+ .csv .json .png) and the peak, train, time, speed tables")
+    if res and res.get("submitted") is not None and lc.launcher == "slurm" and not lc.slurm.wait \
+            and lc.slurm.cluster == "slurm":
+        print(f"submitted {res['submitted']} cells to SLURM ({res.get('active', 0)} still queued or running from "
+              f"before); rerun the same command to collect finished cells and resubmit failed ones")
     return 0
 
 

@@ -260,6 +260,27 @@ class Wrapped:
         return self.engine is not None and bool(getattr(self.engine, "bfloat16_enabled", lambda: False)())
 
 
+ZERO_STAGES = (1, 2)  # the DeepSpeed ZeRO stages ueperf runs (the optimiser is torch SGD: its state is partitioned)
+
+
+def deepspeed_config(*, micro_batch: int, zero_stage: int, bf16: bool, grad_clip: float) -> Dict[str, Any]:
+    """The DeepSpeed config the engine runs with, built from the ueperf config (``micro_batch`` =
+    ``train.batch_size`` / ranks, ``parallel.zero_stage``, bf16 from ``train.precision``,
+    ``optim.grad_clip``); launch/deepspeed/*.json are these with "auto" for the first, third, fourth."""
+    return {
+        "train_micro_batch_size_per_gpu": int(micro_batch),
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": int(zero_stage)},
+        "zero_allow_untested_optimizer": True,  # torch SGD: ZeRO-1/2 only partition its state
+        "bf16": {"enabled": bool(bf16)},
+        # DeepSpeed casts parameters but not buffers: BN running stats must follow to bf16
+        **({"data_types": {"buffer_dtype": "bf16"}} if bf16 else {}),
+        "gradient_clipping": float(grad_clip),
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+
+
 def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext, *,
          micro_batch: int, zero_stage: int = 1, bf16: bool = False, grad_clip: float = 0.0,
          find_unused_parameters: bool = False) -> Wrapped:
@@ -275,25 +296,14 @@ def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext, *
                   gradient_as_bucket_view=True)
         return Wrapped(model, optimizer, ctx, runner=ddp)
     if ctx.backend == "deepspeed":
-        if zero_stage not in (1, 2):
+        if zero_stage not in ZERO_STAGES:
             raise ConfigError(f"parallel.zero_stage={zero_stage}: ueperf supports ZeRO stages 1 and 2")
         try:
             import deepspeed
         except ImportError:
             raise ConfigError("parallel.backend=deepspeed needs DeepSpeed: "
                               "DS_BUILD_OPS=0 pip install 'ueperf[deepspeed]'") from None
-        ds_config = {
-            "train_micro_batch_size_per_gpu": int(micro_batch),
-            "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": int(zero_stage)},
-            "zero_allow_untested_optimizer": True,  # torch SGD: ZeRO-1/2 only partition its state
-            "bf16": {"enabled": bool(bf16)},
-            # DeepSpeed casts parameters but not buffers: BN running stats must follow to bf16
-            **({"data_types": {"buffer_dtype": "bf16"}} if bf16 else {}),
-            "gradient_clipping": float(grad_clip),
-            "steps_per_print": 10 ** 9,
-            "wall_clock_breakdown": False,
-        }
+        ds_config = deepspeed_config(micro_batch=micro_batch, zero_stage=zero_stage, bf16=bf16, grad_clip=grad_clip)
         engine, ds_opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
                                                     dist_init_required=False)
         return Wrapped(model, ds_opt, ctx, runner=engine, engine=engine)
