@@ -23,7 +23,7 @@ from ueperf.recipes import build
 SHORT = ["data.synthetic_size=16", "data.synthetic_classes=4", "data.synthetic_train=256", "data.synthetic_test=64",
          "train.epochs=1", "train.batch_size=64", "train.threads=1", "train.progress=false", "acm.subset=64"]
 # What a countermeasure needs on top to run that short (cheaper settings of its own knobs).
-EXTRA = {"st_full": ["train.epochs=2", "st.finetune_epochs=1"], "at": ["at.steps=2"],
+EXTRA = {"st_full": ["st.finetune_epochs=1"], "at": ["at.steps=2"],
          "ueraser": ["ueraser.repeats=2"], "ueraser_max": ["ueraser.repeats=2"]}
 COMBOS = ["st_cg+cutout", "iss_jpeg+mixup", "nt_cg+at"]
 TRAINER_RECORDS = {"epoch", "train_loss", "images_per_s", "train_time_s", "lr", "test_acc", "elapsed_s"}

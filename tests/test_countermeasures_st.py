@@ -186,9 +186,10 @@ def test_frozen_group_stays_still_while_the_rest_trains(tmp_path):
 
 
 def test_st_full_fine_tunes_every_group_after_st(tmp_path):
-    cfg = _st_cfg(tmp_path, "full", cm="st_full", **{"st.finetune_epochs": 2, "train.epochs": 4, "st.tau": 1e-9,
+    cfg = _st_cfg(tmp_path, "full", cm="st_full", **{"st.finetune_epochs": 2, "train.epochs": 2, "st.tau": 1e-9,
                                                      "st.alpha": 0.01, "st.v_min": 0.5})
-    assert cfg.optim.lr == 0.2 and cfg.augment.cg
+    assert cfg.optim.lr == 0.1 and cfg.augment.cg          # st.base_lr=recipe: the lr NT trains with
+    assert cfg.train.epochs == 4                            # st.budget=extra: 2 ST-CG + 2 fine-tune
     tr = Trainer(cfg, hooks=build_hooks(cfg)).setup()
     tr.fit()
     recs = tr.records
@@ -203,9 +204,13 @@ def test_st_full_epochs_default_and_user_values():
     assert build("demo", [], countermeasure="st_full").train.epochs == 12 + 30
     assert build("demo", ["st.finetune_epochs=5"], countermeasure="st_full").train.epochs == 17
     cfg = build("demo", ["train.epochs=8", "optim.lr=0.05"], countermeasure="st_full")
-    assert cfg.train.epochs == 8 and cfg.optim.lr == 0.05          # --set values win
+    assert cfg.train.epochs == 8 + 30 and cfg.optim.lr == 0.05     # extra: the fine-tune comes on top
+    assert build("demo", ["train.epochs=8", "st.budget=matched"], countermeasure="st_full").train.epochs == 8
+    assert build("demo", ["st.budget=matched"], countermeasure="st_full").train.epochs == 12 + 30
     with pytest.raises(ConfigError, match="st.finetune_epochs"):
-        build_hooks(build("demo", ["train.epochs=30"], countermeasure="st_full"))
+        build_hooks(build("demo", ["train.epochs=30", "st.budget=matched"], countermeasure="st_full"))
+    with pytest.raises(ConfigError, match="st.budget"):
+        build_hooks(build("demo", ["st.budget=more"], countermeasure="st_full"))
 
 
 class _Crash(TrainHook):
@@ -241,10 +246,22 @@ def test_st_resume_is_bit_for_bit(tmp_path):
     assert len({r["st_counter"] for r in ra}) > 1                         # rollbacks across the cut
 
 
+def test_base_lr_is_the_recipes_or_the_papers_and_scales_with_the_batch(tmp_path):
+    nt = build("synthetic_smoke", [], countermeasure="nt").optim.lr
+    for cm, paper in (("st", 0.1), ("st_cg", 0.2), ("st_full", 0.2)):
+        assert build("synthetic_smoke", [], countermeasure=cm).optim.lr == nt
+        assert build("synthetic_smoke", ["st.base_lr=paper"], countermeasure=cm).optim.lr == paper
+        assert build("synthetic_smoke", ["st.base_lr=paper", "st.lr_scale=batch", "train.batch_size=64"],
+                     countermeasure=cm).optim.lr == pytest.approx(paper / 2)
+        assert build("synthetic_smoke", ["st.lr_scale=batch", "train.batch_size=256"],
+                     countermeasure=cm).optim.lr == pytest.approx(2 * nt)
+        assert build("synthetic_smoke", ["st.base_lr=paper", "optim.lr=0.03"], countermeasure=cm).optim.lr == 0.03
+
+
 def test_bad_st_values_and_deepspeed_are_refused():
     for sets, needle in [(["st.alpha=1.5"], "st.alpha"), (["st.trigger=often"], "st.trigger"),
                          (["st.check_every=-1"], "st.check_every"), (["st.rollback=-1"], "st.rollback"), (["st.window=0"], "st.window"),
-                         (["st.lr_scale=sqrt"], "st.lr_scale"), (["st.warmup_epochs=-0.5"], "st.warmup_epochs"),
+                         (["st.lr_scale=sqrt"], "st.lr_scale"), (["st.base_lr=0.2"], "st.base_lr"), (["st.warmup_epochs=-0.5"], "st.warmup_epochs"),
                          (["st.jump=0.9"], "st.jump"), (["acm.backend=umap"], "acm.backend"),
                          (["parallel.backend=deepspeed"], "DeepSpeed")]:
         with pytest.raises(ConfigError, match=needle):
@@ -279,3 +296,105 @@ def test_registry_and_combinations():
         parse("at+at")
     with pytest.raises(ConfigError, match="unknown countermeasure"):
         parse("stt")
+
+
+# ───────────────────────────────────────────── ST on a real shortcut (the gate's honest check) ──
+# Real images (the embedded 2,000 CIFAR-10 sample at 16 px) without crop/flip. The shortcut is
+# class-wise noise (``random``, granularity class, ε = 128/255: one fixed pattern per class), made
+# available from epoch SHORTCUT_FROM on: before it, the batches are the clean images (a hook swaps
+# them in), so the model first learns real features — the paper's "golden window", made explicit —
+# and then picks the pattern up within an epoch. A record-only run (``st.trigger=never``) shows
+# ACM multiplied ~10× by it; clean training of the same length moves ACM by far less once its own
+# early learning has settled (ACM grows 0.2 → 0.7 over the first ~3.5 epochs of real learning, hence
+# the warm-up of SHORTCUT_FROM epochs). ST runs at its defaults but for that warm-up, a check every 4
+# steps, a smaller D_v, a constant lr, a reference window of 2.5 epochs (the default 1 epoch is 16
+# steps here) and jump 2 (clean training reaches 1.3-1.4 here). Measured values and spreads (seeds
+# 0-2 × threads 1-2): bench/results/gate_margins_*.md.
+SHORTCUT_FROM = 4
+GATE_ST = {"st.warmup_epochs": SHORTCUT_FROM, "st.check_every": 4, "st.jump": 2.0, "st.window": 2.5,
+           "acm.subset": 500, "optim.schedule": "constant"}
+
+
+class _CleanUntil(TrainHook):
+    """Train on the clean images (same order and labels) until epoch ``until``."""
+
+    def __init__(self, clean_x, until):
+        self.clean_x, self.until = torch.from_numpy(np.array(clean_x)), until
+
+    def on_batch(self, tr, x, y, idx):
+        if tr.epoch < self.until:
+            x = tr.eval_transform(self.clean_x[idx.cpu()].to(x.device)).to(x.dtype)
+        return x, y
+
+
+@pytest.fixture(scope="module")
+def shortcut_stores(tmp_path_factory):
+    from ueperf.config import DataConfig
+    from ueperf.data import prepare_dataset
+    from ueperf.protections.runner import generate_protected
+    tmp = tmp_path_factory.mktemp("st_gate")
+    clean = prepare_dataset(DataConfig(dataset="embedded", image_size=16, cache_dir=str(tmp / "cache")))
+    shortcut = generate_protected("random", clean, overrides=["granularity=class", "eps=128/255"],
+                                  out=tmp / "shortcut", progress=False, grid=False)
+    return {"clean": clean, "shortcut": shortcut}
+
+
+def _gate_run(tmp_path, stores, which, name, epochs=8, **st):
+    from margins import GATE_SEED
+    sets = {"data.dataset": stores[which].path, "model.width": 0.125, "train.epochs": epochs,
+            "train.batch_size": 128, "train.seed": GATE_SEED, "train.progress": "false",
+            "out_dir": str(tmp_path), "name": name, "augment.crop_padding": 0, "augment.flip": "false",
+            **GATE_ST, **st}
+    cfg = build("synthetic_smoke", [f"{k}={v}" for k, v in sets.items()], countermeasure="st")
+    hooks = build_hooks(cfg) + [_CleanUntil(np.asarray(stores["clean"].train.x), SHORTCUT_FROM)]
+    summary = train(cfg, hooks=hooks)
+    recs = [json.loads(l) for l in (tmp_path / name / "records.jsonl").read_text().splitlines()]
+    return summary, recs, [c for r in recs for c in r["st_checks"]]
+
+
+def _median(checks, lo, hi):
+    return float(np.median([c["acm"] for c in checks if lo < c["t"] <= hi]))
+
+
+@pytest.mark.margin
+def test_st_fires_on_a_shortcut_and_rolls_back_to_before_it(shortcut_stores, tmp_path, margin):
+    jump = GATE_ST["st.jump"]
+    # the record-only trace: what the shortcut does to ACM, and the ratio the trigger would see
+    _, _, trace = _gate_run(tmp_path, shortcut_stores, "shortcut", "trace", **{"st.trigger": "never"})
+    assert all(c["accepted"] for c in trace)
+    margin.above("ACM growth from the shortcut (last epoch's median / the epoch before it arrives)",
+                 _median(trace, 7, 8) / _median(trace, SHORTCUT_FROM - 1, SHORTCUT_FROM), jump)
+    due = next(c for c in trace if c["t"] > SHORTCUT_FROM and c["ratio"] > jump)
+    assert all(c["ratio"] <= jump for c in trace if SHORTCUT_FROM < c["t"] < due["t"])
+
+    s, recs, checks = _gate_run(tmp_path, shortcut_stores, "shortcut", "st")
+    first = next(c for c in checks if not c["accepted"])
+    # up to the trigger ST trains exactly as the record-only run; it fires at the first check over the jump
+    assert first["t"] == due["t"] and first["acm"] == pytest.approx(due["acm"], rel=1e-5)
+    assert [c["t"] for c in checks if c["t"] < first["t"]] == [c["t"] for c in trace if c["t"] < due["t"]]
+    # ... and rolls back to a check before the rise: earlier, and within √jump of the reference
+    back = next(c for c in checks if c["accepted"] and c["t"] == first["rolled_back_to"])
+    assert back["t"] < first["t"] <= SHORTCUT_FROM + 1
+    assert back["acm"] <= math.sqrt(jump) * first["acm"] / first["ratio"] + 1e-9
+    assert s["st_rejections"] >= 1 and s["st_rejected_epochs"][0] == math.ceil(first["t"])
+    # damping goes shallow → deep: after c rollbacks v is exactly the geometric front of spec §4.3
+    for r in recs:
+        assert r["st_v"] == multipliers(r["st_counter"], 10, 0.5)
+    after_first = next(r for r in recs if r["st_counter"] >= 1)
+    assert after_first["st_v"][0] < 1.0 and after_first["st_v"][-1] == 1.0
+    # what ST returns is the kept model: its D_v accuracy, not the last rejected weights' running one
+    assert s["final_train_acc"] == s["st_kept"]["dv_acc"] and "final_train_acc_running" in s
+    assert (tmp_path / "st" / "st.png").stat().st_size > 0
+
+
+@pytest.mark.margin
+def test_st_stays_quiet_on_clean_training_of_the_same_length(shortcut_stores, tmp_path, margin, capsys):
+    s, recs, checks = _gate_run(tmp_path, shortcut_stores, "clean", "clean")
+    margin.below("largest ACM ratio in clean training after the warm-up",
+                 max(c["ratio"] for c in checks if c["t"] > SHORTCUT_FROM), GATE_ST["st.jump"])
+    assert s["st_rejections"] == 0 and all(c["accepted"] for c in checks)
+    assert all(r["st_v"] == [1.0] * 10 for r in recs)
+    # ... and says so: it trained as NT does
+    assert any("ST never rolled back" in w for w in s["warnings"])
+    assert any("ST never rolled back" in w for w in recs[-1].get("warnings", []))
+    assert "ST never rolled back" in capsys.readouterr().err

@@ -131,8 +131,12 @@ class STConfig:
                                     # >= 4 per epoch, <= 50 steps apart [ours §4.9]
     rollback: int = 0               # a trigger restores: 0 = the latest accepted check with ACM <= √jump · reference
                                     # (before the rise), k >= 1 = the accepted check k checks back [ours]
-    lr_scale: str = "none"          # none: the pipeline's lr as in the paper | batch: × batch/128 [ours]
+    base_lr: str = "recipe"         # recipe: the lr NT trains with (optim.lr) | paper: 0.1 (st), 0.2 (st_cg,
+                                    # st_full) — tuned for 200 epochs, hurts short runs (measured) [ours]
+    lr_scale: str = "none"          # none: the base lr as it is | batch: × batch/128 [ours]
     finetune_epochs: int = 30       # st_full step 2: fine-tune all layers with CG, epochs [ours §4.6]
+    budget: str = "extra"           # st_full: extra = train.epochs of ST-CG, then the fine-tune epochs (the
+                                    # paper's 200 + 30) | matched = train.epochs counts both [ours]
     finetune_lr: float = 0.01       # st_full step 2 base lr (cosine) [ours §4.6]
 
 

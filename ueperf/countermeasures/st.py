@@ -48,17 +48,24 @@ Only the checks of the reference window keep a snapshot (weights + momentum + BN
 the model's device: window × checks/epoch copies, e.g. 4 for the automatic interval on a small
 set, up to 20 on a 1,000-step epoch).
 
-Pipelines (spec §4.5): ``st`` (lr 0.1), ``st_cg`` (CG augmentation, lr 0.2), ``st_full``
-(``st_cg`` for T = train.epochs − st.finetune_epochs epochs — ``train.epochs`` counts both steps;
-left unset it is the recipe's epochs + st.finetune_epochs — then every group fine-tuned with CG
-at st.finetune_lr, cosine, fresh momentum, no ACM). ``st.lr_scale=batch`` [ours] scales the
-pipeline's base lr with the batch (lr · batch/128, the paper's batch), so a smaller batch does not
-take the paper's step size with fewer images per step.
+Pipelines (spec §4.5): ``st``, ``st_cg`` (CG augmentation), ``st_full`` (``st_cg`` for T epochs,
+then every group fine-tuned with CG for st.finetune_epochs at st.finetune_lr, cosine, fresh
+momentum, no ACM). ``st.budget=extra`` (default, the paper's 200 + 30 epochs): T = train.epochs
+and the fine-tune comes on top (config.json's train.epochs is the total); ``st.budget=matched``:
+train.epochs counts both steps (T = train.epochs − st.finetune_epochs), the budget NT gets. At 10
+epochs on 5,438 CIFAR images, matched ST-Full lost 6.4 points to NT on clean data (45.7 vs 52.1 %,
+seed 0) with ST never firing: 7 epochs of ST-CG are 7 epochs. Base lr [ours]: ``st.base_lr=recipe`` (default) trains at the lr
+NT trains with (``optim.lr``), so ST vs NT differ by the rollbacks and damping (and CG) only;
+``st.base_lr=paper`` takes the paper's 0.1 (st) / 0.2 (st_cg, st_full). The paper's 0.2 belongs to
+200 epochs of CIFAR-10 at batch 128; in 10-epoch runs on 5,438 images it cost ST-CG 5.3 points on
+clean data against NT-CG (47.4 vs 52.7 %, seed 0; 49.9 % with a 1-epoch warm-up), with ST never
+firing — the lr alone (bench/results/st_evidence_*). ``st.lr_scale=batch`` scales either base lr
+with the batch (lr · batch/128, the paper's batch).
 
-What it says (issue: ST must not be silent): the record of every epoch holds ``st_checks`` (each
-check's fractional epoch ``t``, ``acm``, ``dv_acc`` = the checked model's accuracy on D_v in eval
-mode, ``accepted``, and for a rejected check the clean test accuracy of the rejected weights),
-``acm`` (the epoch's last check), ``acm_ms``, ``rejected`` (any check of the epoch), ``st_counter``,
+What it says (ST is never silent): the record of every epoch holds ``st_checks`` (each check's
+fractional epoch ``t``, ``acm``, ``dv_acc`` = the checked model's accuracy on D_v in eval mode,
+``ratio`` = a / a_ref for the relative triggers, ``accepted``, and for a rejected check
+``rolled_back_to`` and the clean test accuracy of the rejected weights), ``acm`` (the epoch's last check), ``acm_ms``, ``rejected`` (any check of the epoch), ``st_counter``,
 ``st_v`` (multipliers now in force), ``dv_acc`` and ``phase``; ``test_acc`` is always the kept
 model's. When the ST phase ends, a warning goes to the screen, the last ST epoch's record and
 summary.json if ST never rolled back, rejected most checks, or froze every group. summary.json
@@ -95,6 +102,8 @@ from .standard import CG_OPTIONS, check_cg
 TRIGGERS = ("jump", "rise", "absolute", "never")
 MULTIPLIERS = ("geometric", "linear", "exponential")
 LR_SCALES = ("none", "batch")
+BASE_LRS = ("recipe", "paper")
+BUDGETS = ("extra", "matched")
 PAPER_BATCH = 128             # the batch the paper's lrs belong to (spec §4.6)
 AUTO_CHECKS_PER_EPOCH = 4     # st.check_every=0: at least this many checks per epoch ...
 AUTO_MAX_STEPS = 50           # ... and at most this many steps apart [ours]
@@ -129,6 +138,7 @@ def check_st(cfg: Any, finetune: bool) -> None:
     bad = [(s.trigger in TRIGGERS, f"st.trigger={s.trigger!r}: expected one of {', '.join(TRIGGERS)}"),
            (s.multiplier in MULTIPLIERS, f"st.multiplier={s.multiplier!r}: expected one of {', '.join(MULTIPLIERS)}"),
            (s.lr_scale in LR_SCALES, f"st.lr_scale={s.lr_scale!r}: expected one of {', '.join(LR_SCALES)}"),
+           (s.base_lr in BASE_LRS, f"st.base_lr={s.base_lr!r}: expected one of {', '.join(BASE_LRS)}"),
            (0 < s.alpha < 1, f"st.alpha={s.alpha}: must be in (0, 1)"),
            (math.isfinite(s.tau) and s.tau > 0, f"st.tau={s.tau}: must be a positive number"),
            (math.isfinite(s.jump) and s.jump > 1, f"st.jump={s.jump}: must be > 1 (a ratio of ACM values)"),
@@ -149,9 +159,10 @@ def check_st(cfg: Any, finetune: bool) -> None:
             "(or none) with ST")]
     if finetune:
         bad += [(s.finetune_epochs >= 1, f"st.finetune_epochs={s.finetune_epochs}: must be >= 1"),
+                (s.budget in BUDGETS, f"st.budget={s.budget!r}: expected one of {', '.join(BUDGETS)}"),
                 (cfg.train.epochs > s.finetune_epochs,
                  f"train.epochs={cfg.train.epochs} must exceed st.finetune_epochs={s.finetune_epochs}: "
-                 f"st_full runs ST-CG for train.epochs − st.finetune_epochs epochs, then fine-tunes"),
+                 f"with st.budget=matched st_full runs ST-CG for train.epochs − st.finetune_epochs epochs, then fine-tunes"),
                 (s.finetune_lr > 0, f"st.finetune_lr={s.finetune_lr}: must be > 0")]
     require(bad)
 
@@ -250,14 +261,21 @@ class STHook(TrainHook):
         """W: accepted checks in st.window epochs (at least 1)."""
         return max(1, round(self.s.window * self.state.get("checks_per_epoch", AUTO_CHECKS_PER_EPOCH)))
 
+    def _ratio(self, a: float) -> Optional[float]:
+        """a / a_ref of the relative triggers (jump: the window's median, rise: the lowest accepted;
+        never records the jump's ratio, so a record-only run shows what the default would have done)."""
+        if self.s.trigger not in ("jump", "rise", "never"):
+            return None
+        ref = min(self.state["accepted"]) if self.s.trigger == "rise" else self._reference()
+        return a / max(ref, 1e-12)
+
     def _triggered(self, a: float) -> bool:
-        s, st = self.s, self.state
+        s = self.s
         if s.trigger == "never":
             return False
         if s.trigger == "absolute":
             return a > s.tau
-        ref = self._reference() if s.trigger == "jump" else min(st["accepted"])
-        return a > s.jump * ref
+        return self._ratio(a) > s.jump
 
     def _rollback_point(self) -> Dict[str, Any]:
         """The accepted check a trigger restores (see the module docstring), and the ring trimmed to it."""
@@ -291,6 +309,9 @@ class STHook(TrainHook):
         reject = tested and self._triggered(a)
         st["tested"] += int(tested)
         entry = {"t": round(t, 6), "acm": a, "acm_ms": m["acm_ms"], "dv_acc": m["dv_acc"], "accepted": not reject}
+        ratio = self._ratio(a)
+        if ratio is not None:
+            entry["ratio"] = ratio                                # what the relative trigger compared
         if reject:
             entry["test_acc_rejected"] = tr.evaluate().get("test_acc")  # monitoring only, never decides
             st["c"] += 1
@@ -314,7 +335,9 @@ class STHook(TrainHook):
     def on_epoch_end(self, tr, rec: Dict[str, Any]) -> None:
         st = self.state
         if st["finetuning"]:  # ST-Full step 2: every group at its base multiplier, no ACM test
-            rec.update(phase="finetune", rejected=False, st_counter=st["c"], st_v=[1.0] * self.L)
+            # no checks in this phase; dv_acc None: the ST-phase D_v accuracy no longer describes the model
+            rec.update(phase="finetune", rejected=False, rejected_checks=0, st_checks=[], dv_acc=None,
+                       st_counter=st["c"], st_v=[1.0] * self.L)
             return
         checks = st["epoch_checks"]
         rec["phase"] = "st"
@@ -403,25 +426,27 @@ class STHook(TrainHook):
 
 ST_OPTIONS = ("st.trigger", "st.tau", "st.jump", "st.window", "st.alpha", "st.multiplier", "st.v_min", "st.warmup_epochs",
               "st.warmup_steps",
-              "st.check_every", "st.rollback", "st.lr_scale",
+              "st.check_every", "st.rollback", "st.base_lr", "st.lr_scale",
               "acm.backend", "acm.reduce", "acm.variant", "acm.subset", "acm.classes", "acm.perplexity",
               "acm.batch_size")
 
 
 class _ST(Countermeasure):
     finetune = False
-    lr = 0.1
+    lr = 0.1          # the paper's base lr (st.base_lr=paper)
     cg = False
     options = ST_OPTIONS
     records = ("phase", "rejected", "rejected_checks", "st_checks", "st_counter", "st_v", "dv_acc")  # + acm, acm_ms
 
     def configure(self, cfg, user=frozenset()) -> None:
-        lr = self.lr * (cfg.train.batch_size / PAPER_BATCH if cfg.st.lr_scale == "batch" else 1.0)
-        set_default(cfg, user, "optim.lr", lr)
+        base = self.lr if cfg.st.base_lr == "paper" else cfg.optim.lr
+        if cfg.st.base_lr == "paper" or cfg.st.lr_scale == "batch":
+            set_default(cfg, user, "optim.lr", base * (cfg.train.batch_size / PAPER_BATCH
+                                                       if cfg.st.lr_scale == "batch" else 1.0))
         if self.cg:
             set_default(cfg, user, "augment.cg", True)
-        if self.finetune:  # the recipe's epochs are ST-CG's nominal T; the fine-tune epochs come after
-            set_default(cfg, user, "train.epochs", cfg.train.epochs + cfg.st.finetune_epochs)
+        if self.finetune and (cfg.st.budget == "extra" or "train.epochs" not in user):
+            cfg.train.epochs += cfg.st.finetune_epochs   # T = the epochs set; the fine-tune comes after
 
     def check(self, cfg) -> None:
         check_st(cfg, self.finetune)
@@ -441,7 +466,7 @@ class ST(_ST):
 
 @COUNTERMEASURES.register("st_cg")
 class STCG(_ST):
-    summary = "ST with CG augmentation, base lr 0.2 (spec §4.5)"
+    summary = "ST with CG augmentation (spec §4.5; the paper's lr 0.2 with st.base_lr=paper)"
     lr, cg = 0.2, True
     options = ST_OPTIONS + CG_OPTIONS
 
@@ -450,4 +475,4 @@ class STCG(_ST):
 class STFull(_ST):
     summary = "ST-CG, then fine-tune every layer with CG (lr 0.01, 30 epochs; spec §4.5)"
     lr, cg, finetune = 0.2, True, True
-    options = ST_OPTIONS + CG_OPTIONS + ("st.finetune_epochs", "st.finetune_lr")
+    options = ST_OPTIONS + CG_OPTIONS + ("st.finetune_epochs", "st.finetune_lr", "st.budget")
