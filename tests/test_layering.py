@@ -9,7 +9,8 @@ lower one, lazily or not (an arrow up is a design error, not a style question):
     3  engine                                          the one training loop, the one PGD
     4  paradigms, countermeasures, protections         the methods
     5  recipes                                         experiments as configs
-    6  train, protect, calibrate, prior, grid, launch, sweep, cli   the CLIs and the wiring
+    6  train, protect, calibrate, prior, grid, launch, sweep, cli,  the CLIs and the wiring
+       listing, report
 
 and further:
 
@@ -94,6 +95,7 @@ LAYERS = {
     "paradigms": 4, "countermeasures": 4, "protections": 4,
     "recipes": 5,
     "train": 6, "protect": 6, "calibrate": 6, "prior": 6, "grid": 6, "sweep": 6, "cli": 6, "clean": 6, "launch": 6,
+    "listing": 6, "report": 6,
 }
 
 

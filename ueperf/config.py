@@ -57,17 +57,17 @@ class AugmentConfig:
     jitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue [ours]
     gray_p: float = 0.2             # CG: probability of grayscale [paper (a)]
     normalize: bool = False         # subtract mean / divide std (EM/REM feed [0,1] un-normalised [code])
-    mean: Tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-    std: Tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+    mean: Tuple[float, float, float] = (0.4914, 0.4822, 0.4465)  # normalize: per-channel RGB mean subtracted (CIFAR-10 train set)
+    std: Tuple[float, float, float] = (0.2470, 0.2435, 0.2616)   # normalize: per-channel RGB std divided by (CIFAR-10 train set)
 
 
 @dataclass
 class OptimConfig:
     lr: float = 0.1                 # base learning rate [spec §3.0]
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "cosine"        # cosine | constant | multistep
+    momentum: float = 0.9           # SGD momentum coefficient
+    weight_decay: float = 5e-4      # SGD weight decay (L2 penalty coefficient)
+    nesterov: bool = False          # use Nesterov momentum
+    schedule: str = "cosine"        # learning-rate schedule over the run: cosine (to 0) | constant | multistep
     milestones: Tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of the run
     gamma: float = 0.1              # multistep: decay factor
     warmup_epochs: float = 0.0      # linear warm-up length, epochs
@@ -77,19 +77,19 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 60                # [spec §3.0]
+    epochs: int = 60                # training epochs (passes over the training set) [spec §3.0]
     batch_size: int = 128           # global batch size (split across ranks) [spec §3.0]
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 1024     # global batch size of clean test evaluation
     precision: str = "auto"         # auto | bf16 | fp32  (auto: bf16 autocast on CUDA, fp32 on CPU)
-    channels_last: bool = True
+    channels_last: bool = True      # keep weights and inputs channels-last (NHWC): faster convolutions on GPUs
     compile: bool = False           # torch.compile the model
-    seed: int = 0
+    seed: int = 0                   # seed of the initial weights, data order and augmentation draws
     deterministic: bool = False     # deterministic algorithms (bit-exact resume on CPU)
     eval_every: int = 1             # evaluate on the clean test set every N epochs (last epoch always)
     checkpoint_every: int = 1       # save a resumable checkpoint every N epochs
     progress: bool = True           # show a progress bar
     log_every: int = 50             # steps between loss checks (NaN/inf) and progress-bar updates
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    device: str = "auto"            # device to train on: auto | cpu | cuda | cuda:N (auto: CUDA when available)
     threads: int = 0                # torch CPU threads (0 = leave torch's default)
 
 
@@ -97,7 +97,7 @@ class TrainConfig:
 class ParallelConfig:
     backend: str = "auto"           # auto | none | ddp | deepspeed  (auto: ddp under torchrun, else none)
     zero_stage: int = 1             # DeepSpeed ZeRO stage (1 or 2)
-    dist_backend: str = "auto"      # auto | nccl | gloo
+    dist_backend: str = "auto"      # torch.distributed backend: auto | nccl | gloo (auto: nccl on CUDA, else gloo)
 
 
 # ───────────────────────────────────────────── countermeasures ──
@@ -106,7 +106,7 @@ class ACMConfig:
     """Activation Cluster Measurement (spec §4.2) on a fixed subset D_v of the training set."""
     backend: str = "torch"          # tsne (the reference) | torch (on the device) | faiss
     reduce: str = "pca2"            # torch/faiss backends: pca2 (PCA to 2-D) | raw (all D dims)
-    variant: str = "db_inverse"     # db_inverse | radius_margin (spec §4.2)
+    variant: str = "db_inverse"     # ACM formula: db_inverse | radius_margin (spec §4.2)
     subset: int = 1000              # |D_v|, images, split evenly over the ACM classes [paper: 1000 CIFAR-10]
     classes: int = 10               # K': the first K' classes are measured (0 = all) [paper]
     perplexity: float = 30.0        # tsne backend [spec §4.2]
@@ -146,7 +146,7 @@ class ATConfig:
     eps: float = 4 / 255            # ρ_a, [0,1] pixel units [ours, inferred §3.1]
     alpha: float = 0.8 / 255        # PGD step [spec §3.1]
     steps: int = 10                 # PGD iterations [spec §3.1]
-    norm: str = "linf"              # linf | l2
+    norm: str = "linf"              # norm of the adversarial-training ball: linf | l2
 
 
 @dataclass

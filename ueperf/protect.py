@@ -148,12 +148,8 @@ def export_main(argv: Sequence[str]) -> int:
 
 # ───────────────────────────────────────────── protect ──
 def _list_methods() -> str:
-    from .protections import PROTECTIONS
-    lines = []
-    for name in PROTECTIONS.names():
-        doc = (PROTECTIONS.get(name).__doc__ or "").strip().splitlines()
-        lines.append(f"{name:10s} {doc[0] if doc else ''}".rstrip())
-    return "\n".join(lines)
+    from .listing import format_registered
+    return format_registered("protections")
 
 
 def _eps_text(norm: str, eps: float) -> str:

@@ -30,35 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run: same command plus --resume, or --resume RUN_DIR "
                         "to use the run's saved config")
     p.add_argument("--list", choices=["recipes", "models", "datasets", "countermeasures", "paradigms", "keys"],
-                   help="list registered names (or config keys) and exit")
+                   help="list registered names with a one-line description, or every config key with "
+                        "its type, default, unit and meaning (keys), and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import all_keys, apply_overrides, dumps
-    from .recipes import RECIPES, build
+    from .config import apply_overrides, dumps
+    from .recipes import build
 
-    if args.list:
-        if args.list == "recipes":
-            names = RECIPES.names()
-        elif args.list == "models":
-            from .models import MODELS
-            names = MODELS.names()
-        elif args.list == "datasets":
-            from .data import SOURCES
-            names = SOURCES.names()
-        elif args.list == "paradigms":
-            from .paradigms import PARADIGMS
-            names = [f"{n} — {PARADIGMS.get(n).summary}" for n in PARADIGMS.names()]
-        elif args.list == "countermeasures":
-            from .countermeasures import describe
-            names = describe()
-        else:
-            from .config import RunConfig
-            names = all_keys(RunConfig())
-        print("\n".join(names))
+    if args.list:  # one line per name or key, with what it is (ueperf.listing)
+        from .listing import format_keys, format_registered, run_config_keys
+        print(format_keys(run_config_keys()) if args.list == "keys" else format_registered(args.list))
         return 0
 
     from .countermeasures import build_hooks

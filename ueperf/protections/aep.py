@@ -61,7 +61,10 @@ class AEPConfig:
 
 @PROTECTIONS.register("aep")
 class AEP(Protection):
-    """Adversarial poisons against a clean surrogate (module docstring)."""
+    """Adversarial poisons: targeted (default) or untargeted PGD against a surrogate trained on clean data.
+
+    Details and sources: the module docstring.
+    """
 
     Config = AEPConfig
 

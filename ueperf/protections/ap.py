@@ -162,7 +162,10 @@ def find_processes(num: int, height: int, width: int, cfg: Any, generator: torch
 
 @PROTECTIONS.register("ap")
 class AutoregressivePerturbation(Protection):
-    """Per-class AR processes, one realisation per image (module docstring)."""
+    """Autoregressive noise: one AR process per class, one realisation per image, no model needed.
+
+    Details and sources: the module docstring.
+    """
 
     @dataclass
     class Config:

@@ -201,7 +201,10 @@ class _Stacked(torch.nn.Module):
 
 @PROTECTIONS.register("bait")
 class BAIT(Protection):
-    """Targeted binding to π(y) against a surrogate fine-tuned from a prior (module docstring)."""
+    """Binds each image to a wrong class π(y) against a surrogate fine-tuned from a prior (our reconstruction).
+
+    Details and sources: the module docstring.
+    """
 
     Config = BAITConfig
 

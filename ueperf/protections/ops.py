@@ -96,7 +96,10 @@ def select_pixels(scores: torch.Tensor, sparsity: int) -> torch.Tensor:
 
 @PROTECTIONS.register("ops")
 class OnePixelShortcut(Protection):
-    """One class-wise pixel set to a class-wise binary colour (module docstring)."""
+    """One-pixel shortcut: one pixel per class set to a binary colour, no model needed (ℓ0 = 1).
+
+    Details and sources: the module docstring.
+    """
 
     @dataclass
     class Config:

@@ -40,7 +40,10 @@ def _draw(n: int, shape, eps: float, norm: str, generator: torch.Generator, devi
 
 @PROTECTIONS.register("random")
 class RandomNoise(Protection):
-    """Uniform noise in the L∞ ball (or a random L2 direction scaled to ε); see module docstring."""
+    """Random noise in the ε-ball (uniform per entry for L∞, a random direction for L2): the baseline to beat.
+
+    Details: the module docstring.
+    """
 
     @dataclass
     class Config:

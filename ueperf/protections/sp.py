@@ -94,7 +94,10 @@ def patch_images(points: torch.Tensor, patch: int, height: int, width: int) -> t
 
 @PROTECTIONS.register("sp")
 class SyntheticPerturbation(Protection):
-    """Linearly separable synthetic patch noise, one distinct noise per image (module docstring)."""
+    """Synthetic patch noise: linearly separable per class, one distinct draw per image, no model needed.
+
+    Details and sources: the module docstring.
+    """
 
     @dataclass
     class Config:

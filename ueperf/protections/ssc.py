@@ -302,7 +302,10 @@ def channel_scores(model, cam: Camouflage, rows: torch.Tensor, cfg: SSCConfig, c
 
 @PROTECTIONS.register("ssc")
 class SSC(Protection):
-    """Shallow semantic camouflage against a PF-k surrogate from a prior (module docstring)."""
+    """Shallow semantic camouflage: channel-level noise against a partly frozen surrogate from a prior (our reconstruction).
+
+    Details and sources: the module docstring.
+    """
 
     Config = SSCConfig
 

@@ -32,17 +32,21 @@ def _nt(dataset: str, epochs: int = 60) -> RunConfig:
 
 @RECIPES.register("cifar10_resnet18")
 def cifar10_resnet18() -> RunConfig:
+    """The standard natural-training recipe on CIFAR-10 (SGD lr 0.1, cosine schedule, crop + flip)."""
     return _nt("cifar10")
 
 
 @RECIPES.register("cifar100_resnet18")
 def cifar100_resnet18() -> RunConfig:
+    """The standard natural-training recipe on CIFAR-100 (SGD lr 0.1, cosine schedule, crop + flip)."""
     return _nt("cifar100")
 
 
 @RECIPES.register("tinyimagenet100_resnet18")
 def tinyimagenet100_resnet18() -> RunConfig:
-    """Tiny-ImageNet-100 (64 px, ImageFolder): ImageNet stem, crop padding 8 (= 4 px at 32 px
+    """Tiny-ImageNet-100 (64 px ImageFolder at data.root) with ResNet-18.
+
+    ImageNet stem, crop padding 8 (= 4 px at 32 px
     scaled with the image) [ours]; 100 epochs and wd 5e-5 as EM's ImageNet-mini config [code]."""
     cfg = _nt("imagefolder", epochs=100)
     cfg.data.root = "~/.cache/ueperf/sources/tiny-imagenet-100"

@@ -54,7 +54,9 @@ def generate(n: int, k: int, size: int, split: int) -> tuple:
 @register_source("synthetic", key_fields=("synthetic_classes", "synthetic_train", "synthetic_test",
                                           "synthetic_size"))
 def synthetic(cfg: DataConfig) -> RawData:
-    """``synthetic_train`` + ``synthetic_test`` images of ``synthetic_size`` px in ``synthetic_classes``."""
+    """Procedurally generated images (a colour and a wave pattern per class, plus noise); no download.
+
+    ``synthetic_train`` + ``synthetic_test`` images of ``synthetic_size`` px in ``synthetic_classes``."""
     k, size = cfg.synthetic_classes, cfg.synthetic_size
     if k < 2:
         raise ConfigError(f"data.synthetic_classes={k}: need at least 2 classes")
