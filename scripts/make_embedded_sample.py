@@ -4,15 +4,16 @@
 Takes the first 200 images of each class from the official CIFAR-10 training batches
 (data_batch_1..5, in file order) and the first 50 of each class from ``test_batch``, keeping
 file order, and writes them with the official indices they have in CIFAR-10. Any copy of the
-official python-pickle CIFAR-10 that holds enough images works: the full archive or the subset
-in ``../shared/data`` (whose batches are byte-exact prefixes of the official ones, so both give
-the same sample).
+official python-pickle CIFAR-10 that holds enough images works: the full archive or the
+project's 5,438-image subset ``cifar-10-subset-python.tar.gz`` (whose batches are byte-exact
+prefixes of the official ones, so both give the same sample). Without ``--source`` the subset is
+looked for in ``$UEPERF_SHARED_DATA``, else in ``../shared/data`` beside the repository.
 
 The npz is a zip of .npy files written with fixed timestamps and deflate level 9 (what
 ``np.savez_compressed`` writes, minus its wall-clock timestamps), so running this script
 again gives the same bytes (for the same zlib).
 
-    python scripts/make_embedded_sample.py                 # rebuild from ../shared/data
+    python scripts/make_embedded_sample.py                 # rebuild from the subset (see above)
     python scripts/make_embedded_sample.py --check         # verify the shipped file is identical
     python scripts/make_embedded_sample.py --source PATH   # CIFAR-10 folder or .tar.gz
 """
@@ -104,7 +105,8 @@ def npz_bytes(arrays: dict) -> bytes:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=None,
-                   help="CIFAR-10 folder or archive (default: ../shared/data/cifar-10-subset-python.tar.gz)")
+                   help="CIFAR-10 folder or .tar.gz in the official python layout (default: "
+                        "cifar-10-subset-python.tar.gz in $UEPERF_SHARED_DATA or ../shared/data)")
     p.add_argument("--out", type=Path, default=sample_path(), help="output npz (default: the packaged file)")
     p.add_argument("--check", action="store_true", help="do not write; exit 1 if --out differs")
     args = p.parse_args(argv)

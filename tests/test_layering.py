@@ -1,4 +1,4 @@
-"""Import layering (ARCHITECTURE §1, docs/CONTRACTS.md), checked by an AST scan of every module.
+"""Import layering (docs/ARCHITECTURE.md §3, docs/CONTRACTS.md), checked by an AST scan of every module.
 
 Every top-level part of the package has a layer; a module imports only from its own layer or a
 lower one, lazily or not (an arrow up is a design error, not a style question):

@@ -20,6 +20,10 @@ layer group       one of a model's ordered parameter groups, shallow → deep (s
 store             uint8 images on disk (memory-mapped arrays) plus a manifest; clean and protected
                   datasets alike.
 
+Documentation: ``docs/methods.md`` is the method reference (algorithms, defaults and their sources,
+what was measured); every "§N.M" or "spec §N.M" in the docstrings, comments and messages of this
+package names a section of it. ``docs/ARCHITECTURE.md`` describes the layout and the contracts.
+
 Nothing heavy is imported here: ``import ueperf`` does not import torch.
 """
 

@@ -1,7 +1,7 @@
 """Perturbation budgets and their measurement on published uint8 images: the one home of the bound.
 
 A protected image x' = round(255·clip(x + δ, 0, 1)) differs from its clean x by at most what the
-budget allows after quantisation (ARCHITECTURE §2). Sizes are in grey levels (uint8 units), ℓ0 in
+budget allows after quantisation (docs/ARCHITECTURE.md §4). Sizes are in grey levels (uint8 units), ℓ0 in
 changed pixels:
 
     linf  max |x' − x|                  limit ceil(255 ε)

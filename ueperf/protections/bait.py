@@ -169,7 +169,7 @@ def _check(cfg: BAITConfig, num_classes: int, n: int) -> None:
     unknown = [p for p in members if p not in PARADIGMS]
     if cfg.ensemble and (not members or unknown or len(set(members)) != len(members)):
         bad("ensemble_paradigms", f"expected a comma list of distinct paradigms among {', '.join(PARADIGMS)} "
-                                  f"(spec §5), e.g. ft,pf2,lp" + (f"; unknown: {unknown}" if unknown else ""))
+                                  f"(docs/methods.md §5), e.g. ft,pf2,lp" + (f"; unknown: {unknown}" if unknown else ""))
     if num_classes < 2:
         raise ConfigError(f"bait binds each image to another class π(y) and needs >= 2 classes, got {num_classes}")
     if not 1 <= cfg.target_shift < num_classes:

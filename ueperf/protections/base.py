@@ -1,6 +1,6 @@
 """The perturbation type, the one ``apply``, and what every protection method receives.
 
-Conventions (ARCHITECTURE §2):
+Conventions (docs/ARCHITECTURE.md §4):
 - images are NHWC; δ is float32 NHWC in [0, 1] pixel units (ε = 8/255 means 8 grey levels);
 - the model sees ``to_model(x)``: an NCHW view of NHWC memory, i.e. channels-last, no copy;
 - sample-wise δ is indexed by sample index, class-wise δ by label — never the other way round;

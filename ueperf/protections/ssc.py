@@ -123,7 +123,7 @@ def _check(cfg: SSCConfig, num_classes: int, n: int) -> None:
         raise ConfigError(f"ssc.{field}={getattr(cfg, field)!r}: {why}")
 
     if cfg.variant not in VARIANTS:
-        bad("variant", f"expected one of {', '.join(VARIANTS)} (feature = spec §2.11, rgb = spec §7 item 9)")
+        bad("variant", f"expected one of {', '.join(VARIANTS)} (feature = docs/methods.md §2.11, rgb = §7.9)")
     if cfg.variant == "rgb" and cfg.norm != "linf":
         bad("norm", "the rgb variant's colour fields live in an ℓ∞ box; use norm=linf")
     if not 0 < cfg.rho <= 1:
