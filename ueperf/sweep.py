@@ -101,7 +101,9 @@ def describe(runner: GridRunner) -> str:
     extras = [f"classes {d.classes}" if d.classes else "", f"{d.image_size} px" if d.image_size else "",
               *(s for s in g.data_sets if s.split("=", 1)[0] in ("train_limit", "classes", "image_size"))]
     data += "".join(f", {e}" for e in extras if e)
-    return f"{data}; {cfg.model.name} width {cfg.model.width:g}, {cfg.train.epochs} epochs ({g.recipe})"
+    para = f", paradigm {g.paradigms[0]}" if len(g.paradigms) == 1 else ""
+    return (f"{data}; {cfg.model.name} width {cfg.model.width:g}, {cfg.train.epochs} "
+            f"epoch{'s' if cfg.train.epochs != 1 else ''}{para} ({g.recipe})")
 
 
 def write_tables(runner: GridRunner, command: str, final: bool = True) -> Path:
@@ -125,7 +127,7 @@ def write_tables(runner: GridRunner, command: str, final: bool = True) -> Path:
         if scale != 100.0:  # the writers show fractions as percent: pre-scale the others
             cells = {r: {c: [None if v is None else v * scale / 100.0 for v in vs] for c, vs in cc.items()}
                      for r, cc in cells.items()}
-        write_table(g.out, stem, rows, cols, cells, title=f"{what}: protections × {axes} — {label}",
+        write_table(g.out, stem, rows, cols, cells, title=f"{g.out.name}: {what}; seeds {seeds}: protections × {axes} — {label}",
                     lines_before=before, lines_after=notes if stem == "table" else [], label=label,
                     expect=len(g.seeds), plot=final)
     return g.out / "table.md"

@@ -149,6 +149,8 @@ class Trainer:
         if ctx.is_main:
             self._prepare_run_dir()
         parallel.barrier(ctx)
+        if ctx.is_main and cfg.train.progress:  # before data and model: the user knows where to look
+            print(f"run folder: {self.run_dir}/", file=sys.stderr, flush=True)
 
         # ── data ──
         from ..data import make_loader, prepare_dataset
@@ -224,6 +226,9 @@ class Trainer:
         self.start_epoch = 0
         if self.resume:
             self._load_resume_state()
+        from ..reports.runinfo import describe_run, register_run  # the title of every figure of this run
+        register_run(self.run_dir, describe_run(to_dict(cfg), self.store.manifest, run_dir=self.run_dir,
+                                                group_names=[g["name"] for g in self.param_groups]))
         for h in self.hooks:
             h.on_train_start(self.view)
         return self
@@ -530,6 +535,7 @@ class Trainer:
 
     def finish(self) -> Dict[str, Any]:
         final = next((r for r in reversed(self.records) if "test_acc" in r), {})
+        from ..reports.runinfo import run_record
         summary = {
             "run_dir": str(self.run_dir), "recipe": self.cfg.recipe, "epochs": len(self.records),
             "final_test_acc": final.get("test_acc"),
@@ -541,6 +547,7 @@ class Trainer:
             "world_size": self.ctx.world_size, "backend": self.ctx.backend, "device": str(self.ctx.device),
             "dataset": self.store.manifest.get("name"), "model": self.cfg.model.name,
             "warnings": list(self.warnings),
+            "run": run_record(self.run_dir),  # what the run is: protection, countermeasure, data, ... (runinfo)
         }
         for h in self.hooks:
             h.on_train_end(self.view, summary)
@@ -548,8 +555,7 @@ class Trainer:
             write_json_atomic(self.run_dir / "summary.json", summary)
             try:
                 from ..reports.plots import plot_training
-                plot_training(self.records, self.run_dir / "curves.png",
-                              title=f"{self.cfg.model.name} on {summary['dataset']} ({self.cfg.recipe or 'custom'})")
+                plot_training(self.records, self.run_dir / "curves.png")  # titled with the run (reports.runinfo)
             except ImportError:
                 print("matplotlib is not installed: skipped curves.png (pip install matplotlib)", file=sys.stderr)
         return summary

@@ -374,6 +374,8 @@ def generate_protected(method: str, clean_store: Union[Store, str, os.PathLike],
         if dist.is_main:  # before hours of crafting, not after
             check_replaceable(path, overwrite=overwrite, what="protected store", marker=MANIFEST,
                               allowed=(*STORE_FILES, "grid.png"), inputs=[store.path])
+            if progress:
+                print(f"protected store: {path}/ (written when {method} finishes)", file=sys.stderr, flush=True)
         crafted = craft(method, store, overrides=overrides, seed=seed, device=device, progress=progress,
                         cache_dir=cache_dir, surrogate_overrides=surrogate_overrides, dist=dist, **ctx_extra)
         return finalize(crafted, store, ratio=ratio, out=path, overwrite=overwrite, grid=grid, dist=dist,

@@ -1,4 +1,8 @@
-"""PNG plots of training runs (matplotlib, Agg backend, imported lazily)."""
+"""PNG plots of training runs (matplotlib, Agg backend, imported lazily).
+
+Every figure written into a run folder is titled with the run it shows (protection,
+countermeasure, paradigm, data, model, epochs, seed: :mod:`ueperf.reports.runinfo`), whoever
+draws it; a panel with a single epoch still shows its points (every series has markers)."""
 from __future__ import annotations
 
 import os
@@ -12,15 +16,44 @@ def _plt():
     return plt
 
 
-def plot_training(records: Sequence[Dict[str, Any]], path: os.PathLike, title: str = "") -> str:
+def _run_title(path: os.PathLike, recs: Sequence[Dict[str, Any]], fallback: str = "", width: int = 150) -> str:
+    """The registered run's title (epochs = the last epoch shown), else ``fallback``."""
+    from .runinfo import run_info, run_title
+    info = run_info(path)
+    last = max((r["epoch"] for r in recs if isinstance(r.get("epoch"), int)), default=None)
+    return run_title(info, epochs=last, width=width) if info else fallback
+
+
+def _lr_series(lrs: Sequence[Sequence[float]], names: Sequence[str]) -> List[tuple]:
+    """Per-group lr series merged where equal: ``[(label, series)]`` with the layer-group names of
+    each distinct series ("stem … head (6 groups)" for a long run of names)."""
+    n = max((len(l) for l in lrs), default=0)
+    names = list(names) if len(names) == n else [f"group {g}" for g in range(n)]
+    series: Dict[tuple, List[str]] = {}
+    for g in range(n):
+        series.setdefault(tuple(l[g] if g < len(l) else None for l in lrs), []).append(names[g])
+    out = []
+    for ys, who in series.items():
+        label = ", ".join(who) if len(who) <= 3 else f"{who[0]} … {who[-1]} ({len(who)} groups)"
+        out.append((label, list(ys)))
+    return out
+
+
+def plot_training(records: Sequence[Dict[str, Any]], path: os.PathLike, title: str = "",
+                  group_names: Sequence[str] = ()) -> str:
     """Training curves: loss, train/test accuracy, learning rate and throughput per epoch.
 
     Epochs flagged ``"rejected": true`` (rolled back by a countermeasure) are marked with a red x.
+    The learning-rate legend names the layer groups (``group_names``, default: the registered
+    run's), one line per distinct schedule. ``title`` is used when no run is registered.
     """
+    from .runinfo import run_info
     plt = _plt()
     recs = [r for r in records if "epoch" in r]
     ep = [r["epoch"] for r in recs]
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    group_names = list(group_names) or run_info(path).get("group_names", [])
+    title = _run_title(path, recs, title)
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.4 + 0.25 * title.count("\n")))
     ax = axes[0]
     ax.plot(ep, [r.get("train_loss") for r in recs], "-o", ms=3, label="train loss")
     if any(r.get("test_loss") is not None for r in recs):
@@ -42,18 +75,19 @@ def plot_training(records: Sequence[Dict[str, Any]], path: os.PathLike, title: s
     ax = axes[2]
     lrs = [r.get("lr", []) for r in recs]
     if lrs and isinstance(lrs[0], list) and lrs[0]:
-        n = len(lrs[0])
-        for g in range(n):
-            ax.plot(ep, [l[g] if g < len(l) else None for l in lrs], lw=1,
-                    label=f"group {g}" if n <= 12 and g in (0, n - 1) else None)
-        if n > 1:
-            ax.legend()
+        lines = _lr_series(lrs, group_names)
+        for i, (label, ys) in enumerate(lines):
+            ax.plot(ep, ys, "-o", ms=3, lw=1, label=label if i < 8 else None)
+        ax.legend(fontsize=7, title="layer groups" if len(lines) > 1 else None, title_fontsize=7)
     ax.set_xlabel("epoch"); ax.set_ylabel("learning rate (end of epoch)"); ax.set_title("learning rate")
     ax = axes[3]
     ax.plot(ep, [r.get("images_per_s") for r in recs], "-o", ms=3)
     ax.set_xlabel("epoch"); ax.set_ylabel("images / s (training)"); ax.set_title("throughput")
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes:  # whole epochs (one epoch would otherwise get ticks at 0.96 ... 1.04)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, plt, path)
 
@@ -79,7 +113,10 @@ def plot_st(records: Sequence[Dict[str, Any]], path: os.PathLike, threshold: Opt
     plt = _plt()
     recs = [r for r in records if "epoch" in r]
     checks = ([dict(initial)] if initial else []) + [c for r in recs for c in r.get("st_checks", [])]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.4))
+    run = _run_title(path, recs)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.4 + 0.25 * (run.count("\n") + 1) * bool(run)))
+    if run:
+        fig.suptitle(run, fontsize=10)
     ft = [r["epoch"] for r in recs if r.get("phase") == "finetune"]
     ax = axes[0]
     tr = [(r["epoch"], 100 * r["train_acc"]) for r in recs if r.get("train_acc") is not None]
@@ -135,30 +172,49 @@ def plot_st(records: Sequence[Dict[str, Any]], path: os.PathLike, threshold: Opt
     return _save(fig, plt, path)
 
 
-def plot_acm_scatter(points, labels, path: os.PathLike, title: str = "") -> str:
-    """2-D scatter of embedded penultimate activations (t-SNE or PCA), coloured by class."""
+def plot_acm_scatter(points, labels, path: os.PathLike, title: str = "",
+                     classes: Optional[Sequence[str]] = None) -> str:
+    """2-D scatter of embedded penultimate activations (t-SNE or PCA), coloured by class; the
+    legend names the classes (``classes[label]``, default: the registered run's class names)."""
+    import numpy as np
+    from .runinfo import run_info
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "tab20",
-                    s=6, alpha=0.8)
-    ax.legend(*sc.legend_elements(), title="class", fontsize=7, loc="best", markerscale=0.8)
+    info = run_info(path)
+    names = list(classes) if classes is not None else info.get("classes") or []
+    run = _run_title(path, [], width=85)
+    labels = np.asarray(labels)
+    ks = [int(k) for k in np.unique(labels)]
+    cmap = plt.get_cmap("tab10" if max(ks, default=0) < 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(7.5, 6 + 0.2 * run.count("\n")))
+    for i, k in enumerate(ks):
+        sel = labels == k
+        name = names[k] if k < len(names) else str(k)
+        ax.scatter(points[sel, 0], points[sel, 1], color=cmap(i % cmap.N), s=6, alpha=0.8,
+                   label=name if len(ks) <= 20 else None)
+    if len(ks) <= 20:
+        ax.legend(title="class", fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2)
     ax.set_xticks([]); ax.set_yticks([])
-    ax.set_title(title, fontsize=9)
+    ax.set_title(f"{run}\n{title}" if run and title else (run or title), fontsize=9)
     fig.tight_layout()
     return _save(fig, plt, path)
 
 
 def plot_heatmap(values, rows: Sequence[str], cols: Sequence[str], path: os.PathLike, title: str = "",
-                 label: str = "", stds=None) -> str:
-    """A table as a heat map: values[i][j] in [0, 1] (None = missing), annotated in percent
-    (``mean±std`` where ``stds`` gives a std over seeds)."""
+                 label: str = "", stds=None, percent: bool = True) -> str:
+    """A table as a heat map: values[i][j] in [0, 1] (None = missing), annotated × 100
+    (``mean±std`` where ``stds`` gives a std over seeds). ``percent``: colours span 0-100 %, red
+    to green (accuracies); else they span the values shown (times, speeds: no good or bad end)."""
     import numpy as np
     plt = _plt()
     a = np.array([[np.nan if v is None else 100 * v for v in row] for row in values], dtype=float)
     sd = np.array([[np.nan if v is None else 100 * v for v in row] for row in stds], dtype=float) \
         if stds is not None else np.full_like(a, np.nan)
     fig, ax = plt.subplots(figsize=(1.5 * len(cols) + 3, 0.45 * len(rows) + 1.8))
-    im = ax.imshow(a, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    if percent:
+        im = ax.imshow(a, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    else:
+        im = ax.imshow(a, cmap="Blues", vmin=0, vmax=max(float(np.nanmax(a)) if np.isfinite(a).any() else 1.0, 1e-9),
+                       aspect="auto")
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)))
@@ -168,7 +224,8 @@ def plot_heatmap(values, rows: Sequence[str], cols: Sequence[str], path: os.Path
             txt = "–" if np.isnan(a[i, j]) else f"{a[i, j]:.1f}" + ("" if np.isnan(sd[i, j]) else f"±{sd[i, j]:.1f}")
             ax.text(j, i, txt, ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label=label)
-    if title:
-        ax.set_title(title, fontsize=10)
+    if title:  # wrapped to the figure's width (about 11 characters per inch at this size)
+        import textwrap
+        ax.set_title("\n".join(textwrap.wrap(title, width=int(11 * fig.get_size_inches()[0]))), fontsize=10)
     fig.tight_layout()
     return _save(fig, plt, path)

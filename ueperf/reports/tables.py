@@ -78,7 +78,7 @@ def write_table(out: os.PathLike, stem: str, rows: Sequence[str], cols: Sequence
         from .plots import plot_heatmap
         stats = [[mean_std(cells.get(r, {}).get(c, [])) for c in cols] for r in rows]
         plot_heatmap([[s[0] for s in row] for row in stats], rows, cols, out / f"{stem}.png", title=title,
-                     label=label, stds=[[s[1] for s in row] for row in stats])
+                     label=label, stds=[[s[1] for s in row] for row in stats], percent=label.endswith("(%)"))
     except ImportError:
         print(f"matplotlib is not installed: skipped {stem}.png", file=sys.stderr)
     return out / f"{stem}.md"
