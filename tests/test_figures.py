@@ -62,6 +62,7 @@ def test_one_epoch_curves_show_points_titles_and_group_names(tmp_path, monkeypat
     for ax in fig.axes:  # every series of a 1-epoch run is a visible marker, not an empty line
         assert ax.lines and all(len(l.get_xdata()) == 1 and l.get_marker() not in ("None", "", None)
                                 for l in ax.lines)
+    assert all(list(ax.get_xticks()) == [1] and ax.get_xlim() == (0.5, 1.5) for ax in fig.axes)  # not 0.96 ... 1.04
     assert [t.get_text() for t in lr.get_legend().get_texts()] == ["stem, layer1", "layer2, head"]
     assert lr.get_legend().get_title().get_text() == "layer groups"
     # without a registered run (an old run redrawn): the given title, groups by number

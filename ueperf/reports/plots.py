@@ -24,6 +24,16 @@ def _run_title(path: os.PathLike, recs: Sequence[Dict[str, Any]], fallback: str 
     return run_title(info, epochs=last, width=width) if info else fallback
 
 
+def epoch_axis(ax, epochs: Sequence[float]) -> None:
+    """Whole-epoch ticks; a single epoch sits in the middle of a one-epoch-wide axis (matplotlib
+    would otherwise label 0.96 ... 1.04)."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs and max(epochs) - min(epochs) < 1:
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.set_xticks(sorted(set(epochs)))
+
+
 def _lr_series(lrs: Sequence[Sequence[float]], names: Sequence[str]) -> List[tuple]:
     """Per-group lr series merged where equal: ``[(label, series)]`` with the layer-group names of
     each distinct series ("stem … head (6 groups)" for a long run of names)."""
@@ -83,9 +93,8 @@ def plot_training(records: Sequence[Dict[str, Any]], path: os.PathLike, title: s
     ax = axes[3]
     ax.plot(ep, [r.get("images_per_s") for r in recs], "-o", ms=3)
     ax.set_xlabel("epoch"); ax.set_ylabel("images / s (training)"); ax.set_title("throughput")
-    from matplotlib.ticker import MaxNLocator
-    for ax in axes:  # whole epochs (one epoch would otherwise get ticks at 0.96 ... 1.04)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes:
+        epoch_axis(ax, ep)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
