@@ -74,3 +74,24 @@ def test_protect_list_has_no_pointer_descriptions(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "module docstring" not in out and len(out.splitlines()) == len(registered("protections"))
+
+
+@pytest.mark.parametrize("method", [n for n, _ in registered("protections")])
+def test_every_protection_config_key_has_a_meaning(method):
+    from ueperf.listing import method_config_keys
+    keys = method_config_keys(method)
+    assert keys, method
+    missing = [k.key for k in keys if not _real_meaning(k.meaning)]
+    assert not missing, f"{method}: config fields without a meaning (add a trailing comment): {missing}"
+
+
+def test_protect_list_keys(capsys):
+    from ueperf.errors import ConfigError
+    from ueperf.protect import main
+    assert main(["--list", "keys", "--method", "random", "--set", "eps=16/255"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["KEY", "TYPE", "DEFAULT", "UNIT", "MEANING"]
+    assert [l.split()[0] for l in lines[1:]] == ["eps", "norm", "granularity", "batch_size"]
+    assert lines[1].split()[:3] == ["eps", "float", "16/255"]  # --set applies to what is listed
+    with pytest.raises(ConfigError, match=r"^--list keys lists one method's config keys: add --method NAME"):
+        main(["--list", "keys"])

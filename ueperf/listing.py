@@ -23,7 +23,7 @@ import re
 import textwrap
 import tokenize
 import typing
-from typing import Any, Dict, List, NamedTuple, Tuple
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 # ───────────────────────────────────────────── units ──
 # Dotted key → unit. "" marks a number checked to have none (a seed, a coefficient); keys whose
@@ -70,8 +70,16 @@ UNITS: Dict[str, str] = {
 
 # Protection configs are smaller and share names; a unit by field name (last part of the key).
 METHOD_UNITS: Dict[str, str] = {
-    "eps": "[0,1] pixel (l0: pixels)", "alpha": "[0,1] pixel", "step_size": "[0,1] pixel",
-    "steps": "PGD steps", "batch_size": "images", "epochs": "epochs", "lr": "lr", "patch_size": "pixels",
+    "eps": "[0,1] pixel (l0: pixels)", "alpha": "[0,1] pixel", "step": "[0,1] pixel", "adv_eps": "[0,1] pixel",
+    "adv_alpha": "[0,1] pixel", "regen_alpha": "[0,1] pixel", "steps": "PGD steps", "adv_steps": "PGD steps",
+    "regen_steps": "PGD steps", "batch_size": "images", "train_batch_size": "images", "eval_batch_size": "images",
+    "regen_batch_size": "images", "probe_images": "images", "epochs": "epochs", "surrogate_epochs": "epochs",
+    "probe_epochs": "epochs", "lr": "lr", "probe_lr": "lr", "patch_size": "pixels", "crop_padding": "pixels",
+    "pad": "pixels", "width": "× channels", "surrogate_width": "× channels", "max_rounds": "rounds",
+    "passes": "passes", "train_steps": "SGD steps", "inner_steps": "SGD steps", "iterations": "steps",
+    "lr_decay_every": "steps", "log_every": "steps", "eot": "draws", "restarts": "restarts",
+    "grad_clip": "L2 norm", "stop_error": "error rate", "class_portion": "fraction", "rgb_portion": "fraction",
+    "rho": "fraction", "tau": "× ε",
 }
 
 
@@ -173,6 +181,13 @@ def config_keys(cfg: Any, prefix: str = "", units: Dict[str, str] = UNITS,
     return out
 
 
+def method_config_keys(method: str, overrides: Sequence[str] = ()) -> List[KeyInfo]:
+    """The keys of protection ``method``'s config (``protect --set``), with ``overrides`` applied."""
+    from .protections.runner import resolve_config
+    _, cfg = resolve_config(method, list(overrides))
+    return config_keys(cfg, units={}, unit_by_name=METHOD_UNITS)
+
+
 def run_config_keys() -> List[KeyInfo]:
     """The keys of :class:`ueperf.config.RunConfig` (``--set`` of train and sweep)."""
     from .config import RunConfig
@@ -238,5 +253,6 @@ def format_registered(kind: str) -> str:
     return "\n".join(f"{n:<{w}}  {d}".rstrip() for n, d in items)
 
 
-__all__ = ["UNITS", "METHOD_UNITS", "KeyInfo", "field_comments", "config_keys", "run_config_keys", "format_keys",
+__all__ = ["UNITS", "METHOD_UNITS", "KeyInfo", "field_comments", "config_keys", "run_config_keys",
+           "method_config_keys", "format_keys",
            "KINDS", "registered", "format_registered"]

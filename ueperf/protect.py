@@ -12,6 +12,7 @@ Examples::
     python -m ueperf.protect --method em --dataset cifar10 --set eps=16/255 --set granularity=class
     torchrun --nproc_per_node=8 -m ueperf.protect --method em --dataset cifar10   # sharded by sample
     python -m ueperf.protect --list                       # the registered methods
+    python -m ueperf.protect --list keys --method em      # em's --set keys: type, default, unit, meaning
     python -m ueperf.protect export STORE OUT_DIR         # PNG ImageFolder: OUT_DIR/{train,test}/<class>/<index>.png
 """
 from __future__ import annotations
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at the output path")
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--list", action="store_true", help="list the registered protection methods and exit")
+    p.add_argument("--list", nargs="?", const="methods", choices=["methods", "keys"],
+                   help="list the registered protection methods, or (--list keys --method NAME) the method's "
+                        "config keys with type, default, unit and meaning, and exit")
     p.add_argument("--print-config", action="store_true", help="print the method's resolved config and exit")
     return p
 
@@ -166,6 +169,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .config import DataConfig, apply_overrides
     from .errors import ConfigError
 
+    if args.list == "keys":
+        if not args.method:
+            raise ConfigError("--list keys lists one method's config keys: add --method NAME (see --list)")
+        from .listing import format_keys, method_config_keys
+        print(format_keys(method_config_keys(args.method, args.overrides)))
+        return 0
     if args.list:
         print(_list_methods())
         return 0

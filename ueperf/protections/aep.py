@@ -46,7 +46,7 @@ class AEPConfig:
     norm: str = "linf"              # linf [code] | l2 (same loop, normalised-gradient steps) [ours]
     targeted: bool = True           # true: to π(y) = (y+1) mod K [code: forgemaster_targeted]; false: maximise CE(y)
     steps: int = 250                # PGD iterations [code: attackiter]
-    tau: float = 0.05               # step = τ·ε [code: tau]
+    tau: float = 0.05               # PGD step as a fraction of ε: step = τ·ε [code: tau]
     restarts: int = 1               # PGD runs, lowest objective kept per sample; 1 for speed [paper: README], 8 [code]
     init: str = "randn"             # start: randn (ε·N(0,1) projected) [code] | uniform | zero
     paugment: bool = True           # EOT over random crop + flip while crafting [code: paugment]

@@ -71,7 +71,7 @@ SALT_INIT, SALT_MODEL_BATCHES, SALT_NOISE, SALT_SUBSET = 0xE0, 0xE1, 0xE2, 0xE3
 class EMConfig:
     eps: float = 8 / 255            # budget, [0,1] pixel units [code: HanxunH/Unlearnable-Examples]
     norm: str = "linf"              # linf | l2 (the one PGD's norms) [code: linf]
-    granularity: str = "sample"     # sample | class [code]
+    granularity: str = "sample"     # one δ per image or per class: sample | class [code]
     model: str = "resnet18"         # surrogate architecture, CIFAR variant [code]
     width: float = 1.0              # surrogate channel-width multiplier (1 = published) [ours]
     max_rounds: int = 30            # cap on model-step/noise-step rounds [ours; the repo loops until the stop test]

@@ -48,7 +48,7 @@ LINF_STEP_FRACTION = 0.1  # step = ε/10: both presets' ratio (0.8/8, 1.6/16) [c
 class HYPOConfig:
     preset: str = "eps8"            # ℓ∞ budget: eps8 (8/255, step 0.8/255) | eps16 (16/255, 1.6/255) [code: APBench]
     eps: float = 0.0                # budget, [0,1] pixel units; 0 = the preset's (ℓ∞) or 0.5 (ℓ2) [code]
-    norm: str = "linf"              # linf [code: APBench] | l2 (ε 0.5, step ε/5) [code: Delusive-Adversary]
+    norm: str = "linf"              # norm of the ε-ball: linf [code: APBench] | l2 (ε 0.5, step ε/5) [code: Delusive-Adversary]
     step: float = 0.0               # PGD step, [0,1] pixel units; 0 = ε/10 (ℓ∞) [code] or ε/5 (ℓ2) [code]
     steps: int = 100                # PGD iterations [code: APBench, Delusive-Adversary]
     batch_size: int = 512           # images crafted together [code: APBench]

@@ -317,7 +317,8 @@ def _write_locked(crafted: Crafted, pert: Perturbation, store: Store, path: Path
         save_grid(store.train.x, out.train.x, out.path / "grid.png", n=min(max(store.num_classes, 8), 10),
                   labels=store.train.y, classes=store.classes,
                   indices=pert.indices,
-                  title=f"{crafted.method} ({gran}-wise, {pert.norm} ε={_eps_str(pert)}) on {store.name}")
+                  title=f"{Path(path).name}: {crafted.method} ({gran}-wise, {pert.norm} ε={_eps_str(pert)}) on "
+                        f"{store.name}, seed {crafted.seed}" + (f", ratio {ratio:g}" if ratio < 1 else ""))
     if progress:
         print(f"wrote {path} in {meta_time:.1f} s (apply + measure + write)", file=sys.stderr)
     return out
