@@ -142,3 +142,12 @@ def test_a_finished_cell_run_with_other_settings_is_not_reused(tmp_path):
     assert main(args) == 0
     with pytest.raises(ConfigError, match=r"clean__fs__nt__s0 already finished with a different config \(optim\.lr"):
         main(args + ["--set", "optim.lr=0.05"])
+
+
+def test_titles_name_an_imagefolder_by_its_folder_and_a_single_paradigm():
+    from ueperf.grid import GridRunner
+    from ueperf.sweep import build_parser, describe, grid_from_args
+    args = build_parser().parse_args(["--dataset", "imagefolder", "--root", "/data/tiny-imagenet-100.tar",
+                                      "--recipe", "tinyimagenet100_resnet18", "--out", "/nonexistent/sw"])
+    assert describe(GridRunner(grid_from_args(args))) == \
+        "tiny-imagenet-100 (imagefolder); resnet18 width 1, 100 epochs, paradigm fs (tinyimagenet100_resnet18)"

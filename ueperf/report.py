@@ -1,14 +1,14 @@
 """Compare runs: ``python -m ueperf.report RUN_OR_SWEEP_DIRS... [--out DIR]``.
 
 Reads any set of run folders (``config.json`` + ``records.jsonl``, and ``summary.json`` once the
-run has finished) and sweep folders (every run under ``SWEEP/runs/``) and writes, in ``--out``
-(default ``reports/<date>-<time>``):
+run has finished), sweep folders (every run under ``SWEEP/runs/``) and folders of runs (``runs/``)
+and writes, in ``--out`` (default ``reports/<date>-<time>``):
 
     report.md    one row per run: run, protection, countermeasure, paradigm, dataset, model,
                  epochs, seed, final and best clean test accuracy, final training accuracy,
                  wall time, warnings, status (finished | incomplete)
     report.csv   the same rows, accuracies as fractions, time in minutes, plus each run's path
-    report.png   every run's clean test accuracy per epoch, side by side (final ●, peak ★)
+    report.png   every run's clean test accuracy per epoch, side by side (final ○, peak ★)
 
 Examples::
 
@@ -201,7 +201,7 @@ def csv_text(runs: Sequence[Run]) -> str:
 # ───────────────────────────────────────────── figure ──
 def plot(runs: Sequence[Run], path: Path) -> str:
     """Small multiples, one panel per run on a shared accuracy axis: clean test accuracy per epoch,
-    the final value ● and the peak ★ marked and labelled; the panel title names the run."""
+    the final value ○ and the peak ★ marked and labelled; the panel title names the run."""
     from .reports.plots import _plt, _save, epoch_axis
     from .reports.runinfo import run_title
     plt = _plt()

@@ -98,6 +98,8 @@ def describe(runner: GridRunner) -> str:
     cfg = runner.cell_config(g.cells()[0], store_path="<store>", prior="<prior>")
     d = cfg.data
     data = Path(g.dataset).name if "/" in g.dataset else g.dataset
+    if data == "imagefolder" and (g.root or d.root):  # the folder says which data set it is
+        data = f"{Path(g.root or d.root).name.split('.')[0]} (imagefolder)"
     extras = [f"classes {d.classes}" if d.classes else "", f"{d.image_size} px" if d.image_size else "",
               *(s for s in g.data_sets if s.split("=", 1)[0] in ("train_limit", "classes", "image_size"))]
     data += "".join(f", {e}" for e in extras if e)
