@@ -26,7 +26,7 @@ def test_sweep_writes_the_tables_over_seeds_and_reuses_finished_cells(tmp_path, 
     assert all(len(doc["cells"][r][c]) == 2 and all(0 <= v <= 1 for v in doc["cells"][r][c])
                for r in doc["rows"] for c in doc["columns"])
     md = (out / "table.md").read_text()
-    assert "| clean |" in md and " ± " in md and "python -m ueperf.sweep" in md and "seeds 0, 1" in md
+    assert "| clean |" in md and " ± " in md and "python3 -m ueperf.sweep" in md and "seeds 0, 1" in md
     assert md.splitlines()[0] == ("# sw: synthetic; resnet18 width 0.125, 1 epoch, paradigm fs (synthetic_smoke); "
                                   "seeds 0, 1: protections × countermeasures — final clean test accuracy (%)")
     assert (out / "table.csv").read_text().startswith("protection,nt mean,nt std,nt n,nt_cg mean")

@@ -9,7 +9,8 @@ scored on ``--holdout`` clean test-distribution images (2 per class on CIFAR-10)
 also excludes from its reported test set (``data.test_holdout``), so the choice never sees the
 images the results are reported on. The best held-out accuracy wins (ties: lower held-out loss,
 then the earlier grid point). Writes ``calibration.json`` (grid, every run's scores, the choice,
-the ``--set`` line to reuse it) and ``calibration.md`` under ``out_dir/NAME``.
+the ``--set`` line to reuse it) and ``calibration.md`` under ``out_dir/NAME``. Rerunning the same
+command continues a calibration: finished grid points are reused, an interrupted one resumes.
 Default grid: ST's jump ratio × α (the default, scale-free trigger); spec §4.7's τ × α
 (``--grid st.tau=0.5,1,1.5,2,3,4 --grid st.alpha=0.3,0.5,0.7``) calibrates the paper's absolute
 trigger, which a grid over ``st.tau`` selects unless ``st.trigger`` is given.
@@ -53,6 +54,37 @@ def parse_grid(items: List[str]) -> List[Tuple[str, List[str]]]:
     return out
 
 
+def _estimate_cost(base, runs: int) -> None:
+    """Print what the grid will cost before it starts (ueperf.engine.cost): ``runs`` trainings of the
+    base config, at the speed of its model measured now on the device it will use."""
+    from . import parallel
+    from .data import prepare_dataset
+    from .engine.cost import announce, measure_rate, training_passes
+    store = prepare_dataset(base.data)
+    H, _, C = store.image_shape
+    dev = parallel.resolve_device(base.train.device, 0)
+    rate = measure_rate(base.model.name, base.model.width, store.num_classes, H, dev, channels=C)
+    seconds = runs * training_passes(base, len(store.train)) / rate
+    epochs = f"{base.train.epochs} epoch{'s' if base.train.epochs != 1 else ''}"
+    announce(f"the calibration ({runs} runs of {epochs})", seconds, dev,
+             f"{base.model.name} width {base.model.width:g} on {len(store.train)} images at {rate:.0f} img/s "
+             f"measured; fewer grid values or --set train.epochs=N shorten it")
+
+
+def _check_same(run_dir: Path, cfg, name: str) -> None:
+    """A grid point's folder from an earlier calibration must hold the same run to be continued."""
+    import json
+
+    from .config import to_dict
+    from .engine.trainer import config_diff
+    from .errors import ConfigError
+    diff = config_diff(json.loads((run_dir / "config.json").read_text())["config"], to_dict(cfg))
+    if diff:
+        raise ConfigError(f"{run_dir} holds a calibration run with other settings ({'; '.join(diff[:4])}); "
+                          f"rerun with the same grid and --set values to continue it, or start a new "
+                          f"calibration with --name {name}-2")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .config import to_dict
@@ -80,6 +112,7 @@ def main(argv=None) -> int:
     from .data import make_loader
     from .engine.trainer import Trainer
 
+    _estimate_cost(base, len(combos))
     rows: List[Dict] = []
     for i, combo in enumerate(combos):
         point = {k: v for (k, _), v in zip(grid, combo)}
@@ -87,7 +120,12 @@ def main(argv=None) -> int:
             f"data.test_holdout={args.holdout}", f"out_dir={out}", f"name=run{i:02d}"]
         cfg = build(args.recipe, sets, countermeasure=args.countermeasure, dataset=args.dataset)
         print(f"[{i + 1}/{len(combos)}] {' '.join(f'{k}={v}' for k, v in point.items())}", file=sys.stderr, flush=True)
-        with Trainer(cfg, hooks=build_hooks(cfg)) as tr:
+        # A rerun of the same command reuses finished grid points and resumes an interrupted one.
+        run_dir = out / f"run{i:02d}"
+        resume = (run_dir / "config.json").exists()
+        if resume:
+            _check_same(run_dir, cfg, args.name)
+        with Trainer(cfg, hooks=build_hooks(cfg), resume=resume) as tr:
             summary = tr.fit()
             _, _, xh, yh = split_holdout(tr.store.test.x, tr.store.test.y, args.holdout)
             loader = make_loader(Split(x=xh, y=yh, name="holdout"), len(yh), device=tr.ctx.device, shuffle=False,
@@ -119,4 +157,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     from .cli import run_cli
-    run_cli(main)
+    run_cli(main, "Rerun the same command to continue: finished grid points are reused and the "
+                  "interrupted one resumes.")

@@ -76,4 +76,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     from .cli import run_cli
-    run_cli(main)
+    run_cli(main, "Rerun the same command to continue: the prior's training resumes from its last checkpoint.")

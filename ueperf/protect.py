@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -237,15 +238,20 @@ def _report(store) -> None:
           f"  generated in {m['generation_time_s']:.1f} s on {m['device']}"
           + (f" ({m['world_size']} processes)" if m.get("world_size", 1) > 1 else "") + "\n"
           + (f"  grid: {grid}\n" if grid.exists() else "")
-          + f"  train on it: python -m ueperf.train --set data.dataset={store.path}")
+          + "".join(f"  warning: {w}\n" for w in m.get("warnings", []))
+          + f"  train on it: python3 -m ueperf.train --set {shlex.quote(f'data.dataset={store.path}')}")
 
+
+# Rerunning the command reuses what was finished: a trained surrogate is cached, a half-trained one resumes.
+_INTERRUPTED = ("Rerun the same command to continue: a surrogate it finished training is reused and a "
+                "half-trained one resumes; the crafting itself starts over.")
 
 if __name__ == "__main__":
     from .cli import run_cli
-    run_cli(main)
+    run_cli(main, _INTERRUPTED)
 
 
 def _console() -> None:
     """Entry point of a ``ueperf-protect`` console script."""
     from .cli import run_cli
-    run_cli(main)
+    run_cli(main, _INTERRUPTED)

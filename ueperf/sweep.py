@@ -17,7 +17,8 @@ once (or reused: stores are keyed by method, config, seed and clean data); for e
 and paradigm a victim is trained on it with the recipe (``--recipe``, default the spec §3.0
 standard one) plus ``--set`` overrides, ``train.seed`` = the seed. Every cell is an ordinary run
 folder under ``OUT/runs/`` (see ueperf.grid): a finished cell is reused, an interrupted one
-resumed, so rerunning the same command continues a sweep. Writes ``OUT/table.{md,csv,json,png}``
+resumed, so rerunning the command with the same ``--out`` continues a sweep (it prints
+that command when it starts). Writes ``OUT/table.{md,csv,json,png}``
 (final clean test accuracy) and the companion tables ``peak``, ``train`` (final training
 accuracy), ``time`` (minutes per run) and ``speed`` (training images/s).
 
@@ -135,10 +136,60 @@ def write_tables(runner: GridRunner, command: str, final: bool = True) -> Path:
     return g.out / "table.md"
 
 
+def estimate_cost(runner: GridRunner, lc) -> List[str]:
+    """Print what the sweep will cost before it starts (ueperf.engine.cost): the victims still to
+    train (images × epochs × countermeasure factor, at a speed measured now on this machine) and
+    the protections not yet cached (for methods that state their work). Returns the warnings.
+    Not for ``--launcher slurm``: its cells run on other machines."""
+    from . import parallel
+    from .engine.cost import announce, format_duration, measure_rate, training_passes
+    from .protections import PROTECTIONS
+    from .protections.runner import default_out, estimate_cost as protection_cost, protection_key, resolve_config
+    from .data.store import is_store
+    g = runner.g
+    todo = [c for c in g.cells() if runner.summary(c) is None]
+    if not todo or lc.launcher == "slurm":  # SLURM: the cells run elsewhere, and the data may not be here
+        return []
+    clean = runner.clean()
+    H, _, C = clean.image_shape
+    cfg0 = runner.cell_config(todo[0], store_path="<store>", prior="<prior>")
+    dev = parallel.resolve_device(cfg0.train.device if g.device == "auto" else g.device, 0)
+    rate = measure_rate(cfg0.model.name, cfg0.model.width, clean.num_classes, cfg0.data.image_size or H, dev,
+                        channels=C)
+    victims = sum(training_passes(runner.cell_config(c, store_path="<store>", prior="<prior>"), len(clean.train))
+                  for c in todo) / rate
+    parts = [f"{len(todo)} of {len(g.cells())} victim runs to train: {format_duration(victims)} "
+             f"({cfg0.model.name} width {cfg0.model.width:g} at {rate:.0f} img/s measured)"]
+    total = victims
+    cache = Path(runner._victim().data.cache_dir).expanduser()
+    for row in g.rows:
+        if not row.method or getattr(PROTECTIONS.get(row.method), "work", None) is None:
+            continue  # clean rows; methods that do not state their work (model-free ones take seconds)
+        _, pcfg = resolve_config(row.method, runner._row_overrides(row))
+        for seed in g.seeds:
+            key, _ = protection_key(row.method, pcfg, 1.0, seed, clean, g.surrogate_sets)
+            if is_store(default_out(row.method, clean, key, cache)):
+                continue
+            est = protection_cost(row.method, pcfg, clean, dev)
+            if est is not None:
+                total += est[0]
+                parts.append(f"{row.label} seed {seed}: {format_duration(est[0])}")
+    workers = max(1, lc.workers) if lc.launcher == "local" else 1
+    if workers > 1:
+        parts.append(f"{workers} cells at a time")
+        total = (total - victims) + victims / workers
+    warn = announce(f"the sweep ({lc.launcher} launcher)", total, dev, "; ".join(parts))
+    return [warn] if warn else []
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    command = "python -m ueperf.sweep " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python3 -m ueperf.sweep " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     grid = grid_from_args(args)
+    # The default folder is new each time (sweeps/<dataset>-<time>): continuing needs it named.
+    again = command if args.out else f"{command} --out {shlex.quote(str(grid.out.absolute()))}"
+    from .cli import set_interrupt_hint
+    set_interrupt_hint(f"Continue the sweep with: {again}  (finished cells are reused, interrupted ones resume)")
     runner = GridRunner(grid)
     from . import launch
     lc = launch.from_args(args)
@@ -149,8 +200,11 @@ def main(argv=None) -> int:
         print("\n".join(launch.plan(runner, lc)))
         return 0
     grid.out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        print(f"sweep folder: {grid.out}/ (continue or redraw it later with: {again})", file=sys.stderr, flush=True)
     res = None
     if not args.table_only:
+        estimate_cost(runner, lc)
         res = launch.run_cells(runner, lc, after=lambda cell, s: write_tables(runner, command, final=False))
     md = write_tables(runner, command)
     print(md.read_text())
@@ -158,7 +212,7 @@ def main(argv=None) -> int:
     if res and res.get("submitted") is not None and lc.launcher == "slurm" and not lc.slurm.wait \
             and lc.slurm.cluster == "slurm":
         print(f"submitted {res['submitted']} cells to SLURM ({res.get('active', 0)} still queued or running from "
-              f"before); rerun the same command to collect finished cells and resubmit failed ones")
+              f"before); collect finished cells and resubmit failed ones with: {again}")
     return 0
 
 
@@ -167,4 +221,4 @@ __all__ = ["main", "build_parser", "grid_from_args", "write_tables", "CLEAN"]
 
 if __name__ == "__main__":
     from .cli import run_cli
-    run_cli(main)
+    run_cli(main, "Continue the sweep with the same command and --out naming its folder.")

@@ -1,8 +1,11 @@
 """Train a model: ``python -m ueperf.train --recipe NAME --set key=value ...``.
 
 The same command runs under ``torchrun --nproc_per_node=N -m ueperf.train`` (DDP by default;
-DeepSpeed with ``--set parallel.backend=deepspeed``). ``--resume`` continues an interrupted run
-from its last checkpoint.
+DeepSpeed with ``--set parallel.backend=deepspeed``). Every run writes a new folder under
+``out_dir`` (default ``runs/``): ``runs/<recipe>``, then ``runs/<recipe>-2``, ``-3``, ... on later
+runs, so a command can be rerun as it is; ``--set name=NAME`` writes exactly ``runs/NAME``.
+``--resume`` continues an interrupted run from its last checkpoint: the latest run of the recipe
+(or of ``name``) with the same command plus ``--resume``, or a given folder with ``--resume RUN_DIR``.
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
-                   help="continue an interrupted run: same command plus --resume, or --resume RUN_DIR "
-                        "to use the run's saved config")
+                   help="continue an interrupted run: the same command plus --resume (continues the "
+                        "latest run of the recipe, or of --set name=NAME), or --resume RUN_DIR to use "
+                        "that run's saved config")
     p.add_argument("--list", choices=["recipes", "models", "datasets", "countermeasures", "paradigms", "keys"],
                    help="list registered names with a one-line description, or every config key with "
                         "its type, default, unit and meaning (keys), and exit")
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
         return 0
 
     from .countermeasures import build_hooks
-    from .engine.trainer import load_run_config, train
+    from .engine.trainer import Trainer, load_run_config
     run_dir = None
     if isinstance(args.resume, str):
         run_dir = args.resume
@@ -60,7 +64,10 @@ def main(argv=None) -> int:
     if args.print_config:
         print(dumps(cfg))
         return 0
-    summary = train(cfg, resume=bool(args.resume), run_dir=run_dir, hooks=hooks)
+    from .cli import set_interrupt_hint
+    with Trainer(cfg, hooks=hooks, resume=bool(args.resume), run_dir=run_dir) as tr:
+        set_interrupt_hint(f"Continue the run with: {resume_command(tr.run_dir)}")
+        summary = tr.fit()
     if int(os.environ.get("RANK", "0")) == 0:
         acc = summary.get("final_test_acc")
         print(json.dumps({k: summary[k] for k in ("final_test_acc", "mean_images_per_s", "total_time_s")}))
@@ -70,12 +77,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def resume_command(run_dir) -> str:
+    """The command that continues the run in ``run_dir`` (under torchrun: the same process count)."""
+    import shlex
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = (f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', world)} -m ueperf.train"
+                if world > 1 else "python3 -m ueperf.train")
+    return f"{launcher} --resume {shlex.quote(str(run_dir))}"
+
+
+_INTERRUPTED = "Continue the run with the same command plus --resume."
+
 if __name__ == "__main__":
     from .cli import run_cli
-    run_cli(main)
+    run_cli(main, _INTERRUPTED)
 
 
 def _console() -> None:
     """Entry point of the ``ueperf-train`` console script."""
     from .cli import run_cli
-    run_cli(main)
+    run_cli(main, _INTERRUPTED)

@@ -63,11 +63,37 @@ def config_diff(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7R13 Processor"): /proc/cpuinfo on Linux, sysctl on macOS,
+    else what the platform module knows (possibly only the architecture)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        import subprocess
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                 timeout=5).stdout.strip()
+            if out:
+                return out
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def environment_info() -> Dict[str, Any]:
+    """Library versions and the hardware a run used (config.json's ``environment``)."""
     info = {"ueperf": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "platform": platform.platform(),
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0}
     try:
         import triton  # noqa: F401
         info["triton"] = triton.__version__
@@ -93,6 +119,62 @@ def build_param_groups(model: nn.Module, group_lr: Sequence[float], frozen: Sequ
     if not out:
         raise ConfigError("every parameter of the model is frozen: nothing to train")
     return out
+
+
+# ───────────────────────────────────────────── run folders ──
+# A run without ``name`` gets a fresh folder: ``out_dir/<recipe>`` the first time, then
+# ``<recipe>-2``, ``<recipe>-3``, ... (one more than the highest number there), so rerunning a
+# command starts a new run beside the old ones and never touches them; ``--resume`` alone continues
+# the highest-numbered one. With ``--set name=NAME`` the folder is exactly ``out_dir/NAME``.
+def _run_number(base: str, folder: str) -> Optional[int]:
+    """1 for ``base``, k for ``base-k`` (k >= 2, no leading zeros), else None."""
+    if folder == base:
+        return 1
+    head, sep, tail = folder.rpartition("-")
+    if sep and head == base and tail.isdigit() and not tail.startswith("0") and int(tail) >= 2:
+        return int(tail)
+    return None
+
+
+def run_dirs(out_dir: os.PathLike, base: str) -> List[Path]:
+    """The folders of the auto-named runs of ``base`` under ``out_dir``, oldest (lowest number) first."""
+    root = Path(out_dir).expanduser()
+    if not root.is_dir():
+        return []
+    found = [(n, p) for p in root.iterdir() if p.is_dir() and (n := _run_number(base, p.name)) is not None]
+    return [p for _, p in sorted(found)]
+
+
+def latest_run_dir(out_dir: os.PathLike, base: str) -> Optional[Path]:
+    """The highest-numbered run folder of ``base`` that holds a run (a config.json), or None."""
+    runs = [p for p in run_dirs(out_dir, base) if (p / "config.json").exists()]
+    return runs[-1] if runs else None
+
+
+def fresh_run_dir(out_dir: os.PathLike, base: str):
+    """``(folder, lock)``: a new run folder of ``base`` (see above), locked for this process. Two
+    runs started at once never share one: a folder another process holds, or that filled while we
+    waited for its lock, is passed over for the next number."""
+    from ..files import Busy
+    root = Path(out_dir).expanduser()
+    existing = run_dirs(root, base)
+    n = (_run_number(base, existing[-1].name) + 1) if existing else 1
+    for _ in range(1000):
+        d = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            lock = hold(d, what="run folder")
+        except Busy:
+            n += 1
+            continue
+        if d.exists() and any(not p.name.startswith(".") for p in d.iterdir()):
+            lock.release()  # another run took it between our listing and our lock
+            n += 1
+            continue
+        return d, lock
+    raise UeperfError(f"could not find a free run folder for {base!r} under {root}/; set one with --set name=NEW")
+
+
+_COST_STEPS = 5  # steps timed for the cost estimate (after the first)
 
 
 def _mean(xs) -> Optional[float]:
@@ -122,6 +204,8 @@ class Trainer:
         self._model_arg = model
         self.records: List[Dict[str, Any]] = []
         self.warnings: List[str] = []
+        self.expected_time_s: Optional[float] = None  # the cost estimate from the first steps (_estimate_cost)
+        self._cost_t0: Optional[float] = None
         self.epoch = 0
         self.view = TrainerView(self)  # what hooks are given
 
@@ -143,11 +227,11 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.dtype = resolve_precision(cfg.train.precision, ctx.device)
 
-        # ── run folder ──
-        name = cfg.name or cfg.recipe or "run"
-        self.run_dir = Path(self._run_dir_arg) if self._run_dir_arg else Path(cfg.out_dir).expanduser() / name
+        # ── run folder: rank 0 chooses it (a fresh name unless one is given), the others follow ──
+        self.run_dir = None
         if ctx.is_main:
             self._prepare_run_dir()
+        self.run_dir = Path(parallel.broadcast_object(str(self.run_dir) if ctx.is_main else None, ctx))
         parallel.barrier(ctx)
         if ctx.is_main and cfg.train.progress:  # before data and model: the user knows where to look
             print(f"run folder: {self.run_dir}/", file=sys.stderr, flush=True)
@@ -217,6 +301,10 @@ class Trainer:
         self.runner = self.wrapped
         self.eval_model = model
         if cfg.train.compile:
+            if ctx.is_main:
+                print("note: train.compile=true: the first training step (and the first evaluation) compiles the "
+                      "model, which takes from half a minute to several minutes (longer on a CPU) before the "
+                      "progress bar moves", file=sys.stderr, flush=True)
             self._compile()
 
         # ── augmentation (fused kernel on CUDA, torch reference elsewhere) ──
@@ -283,10 +371,30 @@ class Trainer:
         check_run_config(cfg)
 
     def _prepare_run_dir(self) -> None:
-        d = self.run_dir
-        # One writer per run folder, for the whole run (released in close(), or by the OS if killed).
-        self._lock = hold(d, what="run folder", hint="A run is writing it: wait for it to end (and --resume it "
-                          "if it was interrupted), or start another run with --set name=NEW")
+        """Choose and lock the run folder (sets ``self.run_dir``): ``run_dir`` when given, else
+        ``out_dir/name`` when ``name`` is set, else a fresh :func:`fresh_run_dir` of the recipe (a
+        resume without a folder or name continues :func:`latest_run_dir`)."""
+        cfg = self.cfg
+        root = Path(cfg.out_dir).expanduser()
+        if self._run_dir_arg:
+            d = Path(self._run_dir_arg)
+        elif cfg.name:
+            d = root / cfg.name
+        elif self.resume:
+            base = cfg.recipe or "run"
+            d = latest_run_dir(root, base)
+            if d is None:
+                raise UeperfError(f"--resume: there is no run of {base!r} under {root}/ (looked for {base}, "
+                                  f"{base}-2, ...); start it without --resume, or name the folder: --resume RUN_DIR")
+            if cfg.train.progress:
+                print(f"resuming the latest run of {base!r}: {d}", file=sys.stderr, flush=True)
+        else:
+            d, self._lock = fresh_run_dir(root, cfg.recipe or "run")
+        self.run_dir = d
+        if getattr(self, "_lock", None) is None:
+            # One writer per run folder, for the whole run (released in close(), or by the OS if killed).
+            self._lock = hold(d, what="run folder", hint="A run is writing it: wait for it to end (and --resume it "
+                              "if it was interrupted), or start another run with --set name=NEW")
         clean_leftovers_in(d)  # temp files of a killed run: nobody else writes here now
         cfg_path = d / "config.json"
         if self.resume:
@@ -303,7 +411,9 @@ class Trainer:
                 raise UeperfError(f"run folder {d} already holds a run. Continue it with --resume, or "
                                   f"choose another folder with --set name=NEW (or out_dir=...)")
             d.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(cfg_path, {"config": to_dict(self.cfg), "environment": environment_info(),
+            saved = to_dict(self.cfg)
+            saved["name"] = saved["name"] or d.name  # the folder a fresh name gave the run (cfg is not changed)
+            write_json_atomic(cfg_path, {"config": saved, "environment": environment_info(),
                                          "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def _compile(self) -> None:
@@ -394,7 +504,7 @@ class Trainer:
                        dynamic_ncols=True, file=sys.stderr)
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
-        t0 = time.perf_counter()
+        t0 = self._epoch_t0 = time.perf_counter()
         checked = 0
         self._end_epoch = False
         for step, (xb, yb, ib) in enumerate(self.train_loader):
@@ -420,6 +530,8 @@ class Trainer:
             seen += y.shape[0]
             for h in self.step_hooks:
                 h.on_step_end(self.view, step, n_steps)
+            if self.expected_time_s is None and n_steps > 1 and step in (0, min(_COST_STEPS, n_steps - 1)):
+                self._estimate_cost(epoch, step, n_steps)
             if self._end_epoch:  # a step hook ended the epoch (same decision on every rank)
                 self._check_finite(losses, checked, step + 1, epoch)
                 checked = step + 1
@@ -437,6 +549,9 @@ class Trainer:
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         dt = time.perf_counter() - t0
+        if self.expected_time_s is None and n_steps == 1:  # no second step to time: the whole epoch
+            self._cost_t0 = t0
+            self._estimate_cost(epoch, 1, 1, window="the first epoch's step")
         if bar is not None:
             bar.close()
         ran = checked  # steps run (all of them unless a hook ended the epoch early)
@@ -450,6 +565,35 @@ class Trainer:
         return {"train_loss": loss_sum / max(n_steps_all, 1), "train_acc": corr / n_hard if n_hard else None,
                 "images_per_s": n_seen / max(dts.item(), 1e-9), "train_time_s": dts.item(), "train_images": int(n_seen),
                 "lr": [g["lr"] for g in self.wrapped.param_groups]}
+
+    def _estimate_cost(self, epoch: int, step: int, n_steps: int, window: str = "") -> None:
+        """The first steps of a run time its cost: the clock starts after the first step (which pays
+        for warm-up and compilation) and stops after step ``_COST_STEPS + 1``; the rest of the run is
+        that speed × the steps left. Printed once (stderr), kept in summary.json; a GPU-sized run on
+        the CPU is warned of. One host sync at each end (the run's only extra ones)."""
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize(self.ctx.device)
+        now = time.perf_counter()
+        if step == 0 and n_steps > 1:
+            self._cost_t0 = now
+            return
+        per_step = (now - self._cost_t0) / max(step, 1)
+        left = (self.cfg.train.epochs - epoch) * n_steps - (step + 1 if n_steps > 1 else 1)
+        self.expected_time_s = (now - self._epoch_t0) + per_step * left
+        from .cost import estimate_line, gpu_sized_warning
+        epochs = self.cfg.train.epochs - epoch
+        what = f"training ({epochs} epoch{'s' if epochs != 1 else ''} × {n_steps} steps)"
+        window = window or (f"step {step + 1}" if step == 1 else f"steps 2-{step + 1}")
+        detail = (f"{per_step:.3g} s/step measured over {window}; evaluation"
+                  + (" and the countermeasure's checks come" if self.step_hooks else " comes") + " on top")
+        if self.ctx.is_main and self.cfg.train.progress:
+            from tqdm.auto import tqdm  # above the progress bar, not through it
+            tqdm.write(estimate_line(what, self.expected_time_s, self.ctx.device, detail), file=sys.stderr)
+        warn = gpu_sized_warning(f"this run ({epochs} epoch{'s' if epochs != 1 else ''} of {n_steps} steps)",
+                                 self.expected_time_s,
+                                 self.ctx.device)
+        if warn:
+            self.warn(warn)
 
     def _check_finite(self, losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:
         chunk = losses[start:stop]
@@ -547,6 +691,7 @@ class Trainer:
             "world_size": self.ctx.world_size, "backend": self.ctx.backend, "device": str(self.ctx.device),
             "dataset": self.store.manifest.get("name"), "model": self.cfg.model.name,
             "warnings": list(self.warnings),
+            "expected_time_s": self.expected_time_s,  # the cost estimate made from the first steps
             "run": run_record(self.run_dir),  # what the run is: protection, countermeasure, data, ... (runinfo)
         }
         for h in self.hooks:

@@ -124,6 +124,17 @@ class EM(Protection):
 
     Config = EMConfig
 
+    @staticmethod
+    def work(cfg: EMConfig, n: int, num_classes: int) -> dict:
+        """Image passes (forward + backward of the surrogate, ueperf.engine.cost) at the round cap:
+        per round M·B (model step) + images × T PGD steps × EOT draws (noise step) + n/3 (stop test)."""
+        rows = n if cfg.granularity == "sample" else max(1, int(round(cfg.class_portion * n)))
+        eot = cfg.eot if cfg.eot_mode() != "none" else 1
+        per_round = cfg.train_steps * cfg.train_batch_size + rows * cfg.resolved_steps() * eot + n / 3
+        return {"passes": cfg.max_rounds * per_round, "model": cfg.model, "width": cfg.width,
+                "what": f"em at its cap of {cfg.max_rounds} round{'s' if cfg.max_rounds != 1 else ''} (fewer "
+                        f"when the stop test is met)"}
+
     def generate(self, ctx: ProtectContext) -> Perturbation:
         cfg: EMConfig = ctx.cfg
         _check(cfg)

@@ -136,6 +136,16 @@ class REM(Protection):
 
     Config = REMConfig
 
+    @staticmethod
+    def work(cfg: REMConfig, n: int, num_classes: int) -> dict:
+        """Image passes (forward + backward of the surrogate, ueperf.engine.cost): each defensive
+        noise is ``steps`` × J EOT draws × (the inner adversarial PGD + 1); S steps of a batch of it
+        plus one adversarial-training step, then one regeneration of every image."""
+        noise = cfg.steps * cfg.eot * (cfg.adv_steps + 1)
+        passes = cfg.iterations * cfg.batch_size * (noise + cfg.adv_steps + 1) + n * noise + n / 3
+        return {"passes": passes, "model": cfg.model, "width": cfg.width,
+                "what": f"rem ({cfg.iterations} steps + the regeneration)"}
+
     def generate(self, ctx: ProtectContext) -> Perturbation:
         cfg: REMConfig = ctx.cfg
         _check(cfg)

@@ -136,6 +136,7 @@ class Crafted:
     surrogates: List[Dict[str, Any]] = field(default_factory=list)
     overrides: List[str] = field(default_factory=list)            # the --set strings, as given
     surrogate_overrides: List[str] = field(default_factory=list)  # forced on every surrogate (part of the key)
+    warnings: List[str] = field(default_factory=list)             # what the user should know (printed, manifest)
 
 
 def _logger(progress: bool, store: List[Dict[str, Any]]) -> Callable[[Dict[str, Any]], None]:
@@ -204,9 +205,62 @@ def craft(method: str, clean: Union[Store, str, os.PathLike], *, overrides: Sequ
     _sync(dev)
     dt = time.perf_counter() - t0
     _check_perturbation(method, cfg, pert, store)
+    warnings = _stop_test_warnings(method, cfg, pert)
+    if dist.is_main:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr, flush=True)
     return Crafted(method=method, cfg=cfg, pert=pert, seed=int(seed), generation_time_s=dt, device=str(dev),
                    world_size=dist.world_size, logs=logs, surrogates=surrogates, overrides=list(overrides),
-                   surrogate_overrides=list(surrogate_overrides))
+                   surrogate_overrides=list(surrogate_overrides), warnings=warnings)
+
+
+# ───────────────────────────────────────────── will it do what the user wants ──
+def _stop_test_warnings(method: str, cfg: Any, pert: Perturbation) -> List[str]:
+    """A method with a stop test (``info["stopped"]``: EM, SSC) that ended at its round cap instead
+    made weaker noise than its published form, which loops until the test passes."""
+    info = pert.info or {}
+    if info.get("stopped") is not False:
+        return []
+    acc, cap = info.get("surrogate_acc"), getattr(cfg, "max_rounds", None)
+    target = 1 - getattr(cfg, "stop_error", 0.0)
+    acc_text = f" with the surrogate at {100 * acc:.1f} %" if isinstance(acc, (int, float)) else ""
+    rounds = info.get("rounds", cap)
+    return [f"{method} stopped at its round cap (max_rounds={cap}) after {rounds} round{'s' if rounds != 1 else ''}"
+            f"{acc_text} on "
+            f"the perturbed training set, short of its stop test (> {100 * target:.0f} %): the noise is weaker "
+            f"than the method's published form, which loops until the test passes. Raise the cap "
+            f"(--set max_rounds={2 * cap if isinstance(cap, int) else 'N'}) or accept it knowingly"]
+
+
+BUDGET_USED_MIN = 0.5  # a protection whose measured size is below this fraction of its ε is warned of
+
+
+def _budget_warnings(method: str, pert: Perturbation, size: Dict[str, Any], limit: float) -> List[str]:
+    """A protection that uses little of its ε budget is weaker than the ε it is reported at."""
+    if limit <= 0 or size["size"] >= BUDGET_USED_MIN * limit:
+        return []
+    unit = "pixels" if pert.norm == "l0" else "grey levels"
+    used = (f"at most {size['max_abs']} of the {limit:.0f} grey levels ε allows" if pert.norm == "linf"
+            else f"{size['size']:.3g} of the {limit:.3g} {unit} ε allows")
+    hint = ("try more PGD steps (--set steps=N) or a larger step (--set alpha=...) for class-wise noise"
+            if pert.granularity == "class" else "check its step size (alpha) × steps and its rounds")
+    return [f"{method} ({pert.granularity}-wise, {pert.norm} ε={_eps_str(pert)}) changes the images by {used} "
+            f"(mean |x'-x| {size['mean_abs']:.2f}): it is weaker than its budget and should not be reported "
+            f"as an ε={_eps_str(pert)} protection without saying so; {hint}"]
+
+
+def estimate_cost(method: str, cfg: Any, store: Store, device: Any) -> Optional[Tuple[float, str]]:
+    """(seconds, what) for a method that states its work (``work(cfg, n, num_classes)``: image passes
+    of its surrogate), from a quick timing of that surrogate on ``device``; None for the others
+    (model-free methods take seconds; a surrogate they train states its own cost when it trains)."""
+    work = getattr(PROTECTIONS.get(method), "work", None)
+    if work is None:
+        return None
+    from ..engine.cost import measure_rate
+    w = work(cfg, len(store.train), store.num_classes)
+    H, _, C = store.image_shape
+    rate = measure_rate(w["model"], w["width"], store.num_classes, H, device, channels=C)
+    return w["passes"] / rate, f"{w['what']}: {w['passes']:.3g} image passes at {rate:.0f} img/s measured"
 
 
 def _check_perturbation(method: str, cfg: Any, pert: Any, store: Store) -> None:
@@ -290,6 +344,9 @@ def _write_locked(crafted: Crafted, pert: Perturbation, store: Store, path: Path
         raise RuntimeError(f"bug in protection {crafted.method!r}: its images change by {size['size']:.3g} "
                            f"({pert.norm}, grey levels/pixels) but ε={pert.eps:.6g} allows {limit:.3g}; "
                            f"nothing was written")
+    budget = _budget_warnings(crafted.method, pert, size, limit)
+    for w in budget:
+        print(f"warning: {w}", file=sys.stderr, flush=True)
     gran = pert.granularity
     meta = {
         "method": crafted.method,
@@ -305,6 +362,7 @@ def _write_locked(crafted: Crafted, pert: Perturbation, store: Store, path: Path
         "info": json_safe(pert.info),
         "surrogates": json_safe(crafted.surrogates),
         "log_tail": crafted.logs[-LOG_KEEP:], "log_entries": len(crafted.logs),
+        "warnings": [*crafted.warnings, *budget],
         "torch_version": torch.__version__,
         "cuda_device": torch.cuda.get_device_name() if crafted.device.startswith("cuda") else None,
     }
@@ -377,8 +435,17 @@ def generate_protected(method: str, clean_store: Union[Store, str, os.PathLike],
                               allowed=(*STORE_FILES, "grid.png"), inputs=[store.path])
             if progress:
                 print(f"protected store: {path}/ (written when {method} finishes)", file=sys.stderr, flush=True)
+        pre: List[str] = []
+        if dist.is_main:  # what it will cost, before it starts
+            dev = device if isinstance(device, torch.device) else parallel.resolve_device(device, dist.local_rank)
+            est = estimate_cost(method, cfg, store, dev)
+            if est is not None:
+                from ..engine.cost import announce
+                warn = announce(f"protecting {len(store.train)} images with {method}", est[0], dev, est[1])
+                pre += [warn] if warn else []
         crafted = craft(method, store, overrides=overrides, seed=seed, device=device, progress=progress,
                         cache_dir=cache_dir, surrogate_overrides=surrogate_overrides, dist=dist, **ctx_extra)
+        crafted.warnings[:0] = pre
         return finalize(crafted, store, ratio=ratio, out=path, overwrite=overwrite, grid=grid, dist=dist,
                         progress=progress and dist.is_main)
     finally:
