@@ -19,6 +19,7 @@ def _torchrun(nproc, out, overrides, timeout=300):
            str(WORKER), str(out)] + overrides
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert "broadcast_buffers" not in r.stderr, r.stderr[-5000:]   # no deprecated DDP keyword (torch >= 2.12)
     return [json.loads((out / f"rank{i}.json").read_text()) for i in range(nproc)]
 
 
