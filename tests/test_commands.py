@@ -231,13 +231,23 @@ def test_gpu_sized_warning_and_durations():
     assert [format_duration(s) for s in (45, 720, 3.4 * 3600, 3 * 86400)] == ["45 s", "12 min", "3.4 h", "3.0 days"]
 
 
-def test_em_work_counts_its_image_passes():
+def test_methods_count_their_image_passes():
     from ueperf.protections.em import EM, EMConfig
     cfg = EMConfig(max_rounds=3, train_steps=2, train_batch_size=8, steps=4)
     assert EM.work(cfg, 90, 10)["passes"] == 3 * (2 * 8 + 90 * 4 + 90 / 3)
     cfg = EMConfig(max_rounds=3, train_steps=2, train_batch_size=8, granularity="class", class_portion=0.5,
                    eot_cg=True, eot=5)                              # class-wise: T = 1 on half the set, 5 EOT draws
     assert EM.work(cfg, 90, 10)["passes"] == 3 * (2 * 8 + 45 * 1 * 5 + 90 / 3)
+    from ueperf.protections.aep import AEP, AEPConfig
+    from ueperf.protections.hypo import HYPO, HYPOConfig
+    from ueperf.protections.rem import REM, REMConfig
+    from ueperf.protections.ssc import SSC, SSCConfig
+    assert SSC.work(SSCConfig(max_rounds=2, train_steps=3, train_batch_size=4, steps=5), 90, 10)["passes"] == \
+        2 * (3 * 4 + 90 * 5 + 90 / 3)
+    assert AEP.work(AEPConfig(surrogate_epochs=2, steps=7, restarts=3, eot=2), 90, 10)["passes"] == 90 * 2 + 90 * 7 * 3 * 2
+    assert HYPO.work(HYPOConfig(surrogate_epochs=2, steps=7), 90, 10)["passes"] == 90 * 2 + 90 * 7
+    rem = REMConfig(iterations=4, batch_size=8, steps=2, eot=3, adv_steps=5)   # a defensive noise: 2·3·(5+1) = 36
+    assert REM.work(rem, 90, 10)["passes"] == 4 * 8 * (36 + 5 + 1) + 90 * 36 + 90 / 3
 
 
 def test_training_prints_its_cost_first_and_warns_of_a_gpu_sized_cpu_run(tmp_path, capsys, monkeypatch):

@@ -69,6 +69,14 @@ class AEP(Protection):
     Config = AEPConfig
 
     @staticmethod
+    def work(cfg: AEPConfig, n: int, num_classes: int) -> dict:
+        """Image passes (forward + backward, ueperf.engine.cost): the clean surrogate's training (when
+        it is not cached yet) + every image × PGD steps × restarts × EOT draws."""
+        passes = n * cfg.surrogate_epochs + n * cfg.steps * cfg.restarts * max(1, cfg.eot)
+        return {"passes": passes, "model": cfg.surrogate_model, "width": cfg.surrogate_width,
+                "what": f"aep ({cfg.surrogate_epochs}-epoch surrogate unless cached, {cfg.steps} PGD steps)"}
+
+    @staticmethod
     def validate(cfg: AEPConfig) -> None:
         check_against_surrogate("aep", eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, batch_size=cfg.batch_size)
         if not cfg.tau > 0:

@@ -84,6 +84,14 @@ class HYPO(Protection):
 
     Config = HYPOConfig
 
+    @staticmethod
+    def work(cfg: HYPOConfig, n: int, num_classes: int) -> dict:
+        """Image passes (forward + backward, ueperf.engine.cost): the clean surrogate's training (when
+        it is not cached yet) + every image × PGD steps."""
+        return {"passes": n * cfg.surrogate_epochs + n * cfg.steps, "model": cfg.surrogate_model,
+                "width": cfg.surrogate_width,
+                "what": f"hypo ({cfg.surrogate_epochs}-epoch surrogate unless cached, {cfg.steps} PGD steps)"}
+
     def generate(self, ctx: ProtectContext) -> Perturbation:
         cfg: HYPOConfig = ctx.cfg
         eps, step = cfg.budget()

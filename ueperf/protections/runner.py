@@ -243,7 +243,7 @@ def _budget_warnings(method: str, pert: Perturbation, size: Dict[str, Any], limi
     used = (f"at most {size['max_abs']} of the {limit:.0f} grey levels ε allows" if pert.norm == "linf"
             else f"{size['size']:.3g} of the {limit:.3g} {unit} ε allows")
     hint = ("try more PGD steps (--set steps=N) or a larger step (--set alpha=...) for class-wise noise"
-            if pert.granularity == "class" else "check its step size (alpha) × steps and its rounds")
+            if pert.granularity == "class" else "check its PGD step size × steps (and rounds, where it has them)")
     return [f"{method} ({pert.granularity}-wise, {pert.norm} ε={_eps_str(pert)}) changes the images by {used} "
             f"(mean |x'-x| {size['mean_abs']:.2f}): it is weaker than its budget and should not be reported "
             f"as an ε={_eps_str(pert)} protection without saying so; {hint}"]

@@ -309,6 +309,17 @@ class SSC(Protection):
 
     Config = SSCConfig
 
+    @staticmethod
+    def work(cfg: SSCConfig, n: int, num_classes: int) -> dict:
+        """Image passes (forward + backward of the surrogate, ueperf.engine.cost) at the round cap:
+        per round M·B (model step) + the noised images × T PGD steps + n/3 (stop test); the probe and
+        the diagnostics are small beside them."""
+        rows = n if cfg.variant == "feature" else max(1, int(round(cfg.rgb_portion * n)))
+        per_round = cfg.train_steps * cfg.train_batch_size + rows * cfg.resolved_steps() + n / 3
+        return {"passes": cfg.max_rounds * per_round, "model": cfg.model, "width": cfg.width,
+                "what": f"ssc at its cap of {cfg.max_rounds} round{'s' if cfg.max_rounds != 1 else ''} (fewer "
+                        f"when the stop test is met)"}
+
     def __init__(self):
         self.surrogate: Optional[torch.nn.Module] = None
         self.mask: Optional[torch.Tensor] = None
