@@ -206,7 +206,7 @@ def test_st_full_epochs_default_and_user_values():
     cfg = build("demo", ["train.epochs=8", "optim.lr=0.05"], countermeasure="st_full")
     assert cfg.train.epochs == 8 + 30 and cfg.optim.lr == 0.05     # extra: the fine-tune comes on top
     assert build("demo", ["train.epochs=8", "st.budget=matched"], countermeasure="st_full").train.epochs == 8
-    assert build("demo", ["st.budget=matched"], countermeasure="st_full").train.epochs == 12 + 30
+    assert build("demo", ["st.budget=matched", "st.finetune_epochs=4"], countermeasure="st_full").train.epochs == 12
     with pytest.raises(ConfigError, match="st.finetune_epochs"):
         build_hooks(build("demo", ["train.epochs=30", "st.budget=matched"], countermeasure="st_full"))
     with pytest.raises(ConfigError, match="st.budget"):
@@ -362,8 +362,9 @@ def test_st_fires_on_a_shortcut_and_rolls_back_to_before_it(shortcut_stores, tmp
     # the record-only trace: what the shortcut does to ACM, and the ratio the trigger would see
     _, _, trace = _gate_run(tmp_path, shortcut_stores, "shortcut", "trace", **{"st.trigger": "never"})
     assert all(c["accepted"] for c in trace)
-    margin.above("ACM growth from the shortcut (last epoch's median / the epoch before it arrives)",
-                 _median(trace, 7, 8) / _median(trace, SHORTCUT_FROM - 1, SHORTCUT_FROM), jump)
+    # ACM doublings (log2: the growth is multiplicative; 8-12× measured) against the jump's
+    margin.above("ACM doublings from the shortcut (log2 last epoch's median / the epoch before it)",
+                 math.log2(_median(trace, 7, 8) / _median(trace, SHORTCUT_FROM - 1, SHORTCUT_FROM)), math.log2(jump))
     due = next(c for c in trace if c["t"] > SHORTCUT_FROM and c["ratio"] > jump)
     assert all(c["ratio"] <= jump for c in trace if SHORTCUT_FROM < c["t"] < due["t"])
 

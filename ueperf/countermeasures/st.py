@@ -445,7 +445,7 @@ class _ST(Countermeasure):
                                                        if cfg.st.lr_scale == "batch" else 1.0))
         if self.cg:
             set_default(cfg, user, "augment.cg", True)
-        if self.finetune and (cfg.st.budget == "extra" or "train.epochs" not in user):
+        if self.finetune and cfg.st.budget == "extra":
             cfg.train.epochs += cfg.st.finetune_epochs   # T = the epochs set; the fine-tune comes after
 
     def check(self, cfg) -> None:
