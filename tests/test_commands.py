@@ -178,6 +178,22 @@ def test_sweep_prints_a_continue_command_that_reuses_its_folder(tmp_path):
         assert [json.loads(x)["epoch"] for x in recs] == list(range(1, 31))
 
 
+def test_sweep_tables_carry_the_protections_warnings(tmp_path):
+    """EM with stop_error=0 can never pass its stop test: the sweep's table says so under the table,
+    also when it is only redrawn (--table-only)."""
+    argv = [sys.executable, "-m", "ueperf.sweep", "--dataset", "synthetic", "--data", "synthetic_train=128",
+            "--data", "synthetic_test=32", "--data", "synthetic_size=16", "--recipe", "synthetic_smoke",
+            "--protections", "clean,em", "--protect-set", "em:width=0.125", "--protect-set", "em:max_rounds=1",
+            "--protect-set", "em:stop_error=0", "--quiet", "--out", "sw",
+            *_sets(["train.epochs=1", "train.batch_size=64", "train.threads=1"])]
+    note = "Warning: em seed 0: em stopped at its round cap (max_rounds=1) after 1 round with the surrogate at "
+    for extra in ([], ["--table-only"]):
+        r = _run(tmp_path, argv + extra)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines = (tmp_path / "sw" / "table.md").read_text().splitlines()
+        assert len([x for x in lines if x.startswith(note)]) == 1, lines
+
+
 # ───────────────────────────────────────────── closed pipes, file modes ──
 @pytest.mark.parametrize("argv, code", [
     (["ueperf.train", "--print-config"], 141),

@@ -54,9 +54,10 @@ def parse_grid(items: List[str]) -> List[Tuple[str, List[str]]]:
     return out
 
 
-def _estimate_cost(base, runs: int) -> None:
+def _estimate_cost(base, runs: int) -> List[str]:
     """Print what the grid will cost before it starts (ueperf.engine.cost): ``runs`` trainings of the
-    base config, at the speed of its model measured now on the device it will use."""
+    base config, at the speed of its model measured now on the device it will use. Returns the
+    warnings (a GPU-sized calibration on the CPU), which calibration.json keeps."""
     from . import parallel
     from .data import prepare_dataset
     from .engine.cost import announce, measure_rate, training_passes
@@ -66,9 +67,10 @@ def _estimate_cost(base, runs: int) -> None:
     rate = measure_rate(base.model.name, base.model.width, store.num_classes, H, dev, channels=C)
     seconds = runs * training_passes(base, len(store.train)) / rate
     epochs = f"{base.train.epochs} epoch{'s' if base.train.epochs != 1 else ''}"
-    announce(f"the calibration ({runs} runs of {epochs})", seconds, dev,
+    warn = announce(f"the calibration ({runs} runs of {epochs})", seconds, dev,
              f"{base.model.name} width {base.model.width:g} on {len(store.train)} images at {rate:.0f} img/s "
              f"measured; fewer grid values or --set train.epochs=N shorten it")
+    return [warn] if warn else []
 
 
 def _check_same(run_dir: Path, cfg, name: str) -> None:
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     from .data import make_loader
     from .engine.trainer import Trainer
 
-    _estimate_cost(base, len(combos))
+    warnings = _estimate_cost(base, len(combos))
     rows: List[Dict] = []
     for i, combo in enumerate(combos):
         point = {k: v for (k, _), v in zip(grid, combo)}
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
     doc = {"countermeasure": args.countermeasure, "dataset": args.dataset or base.data.dataset,
            "holdout": args.holdout, "grid": dict(grid), "runs": rows, "choice": choice["point"],
            "set": " ".join(f"--set {k}={v}" for k, v in choice["point"].items()),
-           "config": to_dict(base)}
+           "config": to_dict(base), "warnings": warnings}
     write_json_atomic(out / "calibration.json", doc)
     keys = [k for k, _ in grid]
     table = md_table([*keys, "held-out acc", "held-out loss", "test acc (monitor)", "rejections"],

@@ -34,7 +34,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from .grid import CLEAN, Grid, GridRunner, parse_list, parse_rows, parse_seeds
 
@@ -109,9 +109,36 @@ def describe(runner: GridRunner) -> str:
             f"epoch{'s' if cfg.train.epochs != 1 else ''}{para} ({g.recipe})")
 
 
-def write_tables(runner: GridRunner, command: str, final: bool = True) -> Path:
+def protection_warnings(runner: GridRunner) -> List[str]:
+    """The warnings recorded in the manifests of the sweep's protected stores (EM at its round cap,
+    an ε budget barely used, ...): the stores this process made or opened, and the cached stores of
+    the rows whose key needs no prior (their key is recomputed from the clean store)."""
+    import dataclasses
+
+    from .data.store import is_store, open_store
+    from .protections import PROTECTIONS
+    from .protections.runner import default_out, protection_key, resolve_config
+    g, out = runner.g, []
+    for row in g.rows:
+        if not row.method:
+            continue
+        for seed in g.seeds:
+            store = runner._stores.get((row.label, seed))
+            path = store.path if store is not None else None
+            if path is None and "prior" not in {f.name for f in dataclasses.fields(PROTECTIONS.get(row.method).Config)}:
+                _, pcfg = resolve_config(row.method, runner._row_overrides(row))
+                key, _ = protection_key(row.method, pcfg, 1.0, seed, runner.clean(), g.surrogate_sets)
+                path = default_out(row.method, runner.clean(), key, Path(runner._victim().data.cache_dir).expanduser())
+            if path is not None and is_store(path):
+                warns = (store or open_store(path, verify=False)).manifest.get("meta", {}).get("warnings", [])
+                out += [f"{row.label} seed {seed}: {w}" for w in warns]
+    return out
+
+
+def write_tables(runner: GridRunner, command: str, final: bool = True, warnings: Sequence[str] = ()) -> Path:
     """Every table of the sweep; while cells are still running (``final=False``) only the main
-    table's md/csv/json, so progress stays visible without redrawing five heat maps per cell."""
+    table's md/csv/json, so progress stays visible without redrawing five heat maps per cell.
+    ``warnings`` (the cost estimate's) and the protections' own go under the main table."""
     g = runner.g
     res = runner.results()
     rows = [r.label for r in g.rows]
@@ -122,6 +149,8 @@ def write_tables(runner: GridRunner, command: str, final: bool = True) -> Path:
               f"(mean ± sample std over seeds; n where fewer finished)."]
     notes = ["Protection time (s, this run; 0 ≈ reused): " + ", ".join(f"{k} {t:.0f}" for k, t in runner.gen_time.items())] \
         if runner.gen_time else []
+    if final:
+        notes += [f"Warning: {w}" for w in [*warnings, *protection_warnings(runner)]]
     axes = " × ".join(a for a, on in (("paradigms", g.paradigms != ["fs"]),
                                       ("countermeasures", g.countermeasures != ["nt"] or g.paradigms == ["fs"])) if on)
     from .reports.tables import write_table
@@ -202,11 +231,11 @@ def main(argv=None) -> int:
     grid.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         print(f"sweep folder: {grid.out}/ (continue or redraw it later with: {again})", file=sys.stderr, flush=True)
-    res = None
+    res, warnings = None, []
     if not args.table_only:
-        estimate_cost(runner, lc)
+        warnings = estimate_cost(runner, lc)
         res = launch.run_cells(runner, lc, after=lambda cell, s: write_tables(runner, command, final=False))
-    md = write_tables(runner, command)
+    md = write_tables(runner, command, warnings=warnings)
     print(md.read_text())
     print(f"wrote {grid.out}/table.md (+ .csv .json .png) and the peak, train, time, speed tables")
     if res and res.get("submitted") is not None and lc.launcher == "slurm" and not lc.slurm.wait \
