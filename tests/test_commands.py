@@ -309,6 +309,7 @@ def test_em_at_its_round_cap_and_an_unused_budget_are_warned_of(tmp_path):
     store = _line(r.stdout, r"^protected store: (.*)$")
     warnings = json.loads((Path(store) / "manifest.json").read_text())["meta"]["warnings"]
     assert len(warnings) == 2 and re.match(cap, warnings[0]) and re.match(budget, warnings[1])
+    assert json.loads(r.stdout.splitlines()[0])["warnings"] == warnings    # the JSON line scripts read
 
 
 def test_a_protection_that_uses_its_budget_is_not_warned_of(tmp_path):

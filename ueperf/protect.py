@@ -227,7 +227,8 @@ def _report(store) -> None:
     print(json.dumps({"store": str(store.path), "method": m["method"], "eps": m["eps"], "norm": m["norm"],
                       "ratio": m["ratio"], "seed": m["seed"], "protected": m["protected_count"],
                       "max_abs": size["max_abs"], "mean_abs": size["mean_abs"], "size": size["size"],
-                      "limit": size["limit"], "generation_time_s": m["generation_time_s"]}))
+                      "limit": size["limit"], "generation_time_s": m["generation_time_s"],
+                      "warnings": m.get("warnings", [])}))
     unit = "pixels" if m["norm"] == "l0" else "grey levels"
     grid = store.path / "grid.png"
     print(f"protected store: {store.path}\n"
