@@ -264,6 +264,33 @@ def test_methods_count_their_image_passes():
     assert HYPO.work(HYPOConfig(surrogate_epochs=2, steps=7), 90, 10)["passes"] == 90 * 2 + 90 * 7
     rem = REMConfig(iterations=4, batch_size=8, steps=2, eot=3, adv_steps=5)   # a defensive noise: 2·3·(5+1) = 36
     assert REM.work(rem, 90, 10)["passes"] == 4 * 8 * (36 + 5 + 1) + 90 * 36 + 90 / 3
+    from ueperf.protections.bait import BAIT, BAITConfig
+    bait = BAITConfig(passes=2, batch_size=32, inner_steps=3, steps=4, regen_steps=5)  # 3 batches of 32 per pass
+    assert BAIT.work(bait, 90, 10)["passes"] == 2 * (3 * 3 * 32 + 90 * 4 + 90 / 3) + 90 * 5 + 2 * 90 / 3
+    bait = BAITConfig(passes=2, batch_size=32, inner_steps=3, steps=4, regen_steps=5, ensemble=True,
+                      ensemble_paradigms="ft,pf2,lp", outer_eot=True, eot=2)         # 3 members, 2 EOT draws
+    assert BAIT.work(bait, 90, 10)["passes"] == 3 * (2 * (3 * 3 * 32 + 90 * 4 * 2 + 90 / 3) + 90 * 5 * 2 + 2 * 90 / 3)
+    from ueperf.protections.ap import AutoregressivePerturbation as AP
+    ap = AP.work(AP.Config(), 90, 10)                               # model-free: AR realisations, timed here
+    assert ap["passes"] == 256 * 10 + 90 and ap["unit"] == "AR realisations" and ap["measure"](16, 16, 3) > 0
+    assert AP.work(AP.Config(search_candidates=100), 90, 10)["passes"] == 100 + 90
+    assert AP.work(AP.Config(coeffs="random"), 90, 10)["passes"] == 100 * 10 + 90
+
+
+def test_ap_and_bait_state_their_cost_before_they_start(tmp_path):
+    r = _run(tmp_path, [sys.executable, "-m", "ueperf.protect", "--method", "ap", "--dataset", "synthetic",
+                        "--data", "synthetic_train=128", "--data", "synthetic_test=32", "--data", "synthetic_size=16",
+                        "--quiet", "--no-grid"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"^expected cost of protecting 128 images with ap: ~\d+ s on cpu \(ap \(~2560 candidate "
+                     r"processes for 10 classes, then one realisation per image, on the CPU\): 2\.69e\+03 AR "
+                     r"realisations at \d+/s measured\)$", r.stderr, re.M), r.stderr
+    from ueperf.data import prepare_dataset
+    from ueperf.protections.runner import estimate_cost, resolve_config
+    cfg = resolve_config("bait", ["width=0.125", "passes=2", "regen_steps=3"])[1]      # the prior is not needed
+    seconds, what = estimate_cost("bait", cfg, prepare_dataset(_cfg(tmp_path).data), "cpu")
+    assert seconds > 0 and re.fullmatch(r"bait \(2 passes \+ 3 regeneration steps\): [\d.e+]+ image passes at "
+                                        r"\d+ img/s measured", what), what
 
 
 def test_training_prints_its_cost_first_and_warns_of_a_gpu_sized_cpu_run(tmp_path, capsys, monkeypatch):

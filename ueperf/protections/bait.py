@@ -211,6 +211,20 @@ class BAIT(Protection):
     def __init__(self):
         self.surrogates: Dict[str, torch.nn.Module] = {}
 
+    @staticmethod
+    def work(cfg: BAITConfig, n: int, num_classes: int) -> dict:
+        """Image passes (forward + backward of the surrogate, ueperf.engine.cost), × P members: per
+        pass ⌈n/b⌉ mini-batches × M inner steps × b + every image × S outer PGD steps × J EOT draws
+        + n/3 (the pass's diagnostics); then every image × ``regen_steps`` × J and two final rates
+        (2n/3). Loading the prior is small beside them."""
+        P, J = len(cfg.members()), (int(cfg.eot) if cfg.outer_eot else 1)
+        bs = max(1, min(int(cfg.batch_size), n))
+        per_pass = math.ceil(n / bs) * cfg.inner_steps * bs + n * cfg.steps * J + n / 3
+        passes = P * (cfg.passes * per_pass + n * cfg.regen_steps * J + 2 * n / 3)
+        return {"passes": passes, "model": cfg.model, "width": cfg.width,
+                "what": f"bait ({cfg.passes} pass{'es' if cfg.passes != 1 else ''}"
+                        f"{f' × {P} surrogates' if P > 1 else ''} + {cfg.regen_steps} regeneration steps)"}
+
     def generate(self, ctx: ProtectContext) -> Perturbation:
         cfg: BAITConfig = ctx.cfg
         dev, x_u8, y, K = ctx.device, ctx.x, ctx.y, int(ctx.num_classes)

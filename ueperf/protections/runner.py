@@ -250,17 +250,24 @@ def _budget_warnings(method: str, pert: Perturbation, size: Dict[str, Any], limi
 
 
 def estimate_cost(method: str, cfg: Any, store: Store, device: Any) -> Optional[Tuple[float, str]]:
-    """(seconds, what) for a method that states its work (``work(cfg, n, num_classes)``: image passes
-    of its surrogate), from a quick timing of that surrogate on ``device``; None for the others
-    (model-free methods take seconds; a surrogate they train states its own cost when it trains)."""
+    """(seconds, what) for a method that states its work (``work(cfg, n, num_classes)``), from a
+    quick timing on this machine; None for the others (model-free methods that take seconds).
+
+    ``work`` returns ``passes`` (image passes of its surrogate ``model`` at ``width``, timed by
+    :func:`ueperf.engine.cost.measure_rate` on ``device``) or, for work that is not a model's,
+    ``passes`` units of ``unit`` and ``measure(height, width, channels)``: units per second here."""
     work = getattr(PROTECTIONS.get(method), "work", None)
     if work is None:
         return None
     from ..engine.cost import measure_rate
     w = work(cfg, len(store.train), store.num_classes)
-    H, _, C = store.image_shape
-    rate = measure_rate(w["model"], w["width"], store.num_classes, H, device, channels=C)
-    return w["passes"] / rate, f"{w['what']}: {w['passes']:.3g} image passes at {rate:.0f} img/s measured"
+    H, W, C = store.image_shape
+    if "measure" in w:
+        rate, unit, per = w["measure"](H, W, C), w["unit"], "/s"
+    else:
+        rate, unit, per = measure_rate(w["model"], w["width"], store.num_classes, H, device, channels=C), \
+            "image passes", " img/s"
+    return w["passes"] / rate, f"{w['what']}: {w['passes']:.3g} {unit} at {rate:.0f}{per} measured"
 
 
 def _check_perturbation(method: str, cfg: Any, pert: Any, store: Store) -> None:
