@@ -180,18 +180,40 @@ def test_sweep_prints_a_continue_command_that_reuses_its_folder(tmp_path):
 
 def test_sweep_tables_carry_the_protections_warnings(tmp_path):
     """EM with stop_error=0 can never pass its stop test: the sweep's table says so under the table,
-    also when it is only redrawn (--table-only)."""
-    argv = [sys.executable, "-m", "ueperf.sweep", "--dataset", "synthetic", "--data", "synthetic_train=128",
-            "--data", "synthetic_test=32", "--data", "synthetic_size=16", "--recipe", "synthetic_smoke",
-            "--protections", "clean,em", "--protect-set", "em:width=0.125", "--protect-set", "em:max_rounds=1",
-            "--protect-set", "em:stop_error=0", "--quiet", "--out", "sw",
-            *_sets(["train.epochs=1", "train.batch_size=64", "train.threads=1"])]
+    also when it is only redrawn (--table-only); its advice sets the cap as a sweep does, for its row."""
+    def sweep(label, out):
+        return [sys.executable, "-m", "ueperf.sweep", "--dataset", "synthetic", "--data", "synthetic_train=128",
+                "--data", "synthetic_test=32", "--data", "synthetic_size=16", "--recipe", "synthetic_smoke",
+                "--protections", f"clean,{label}" + ("" if label == "em" else "=em"),
+                "--protect-set", f"{label}:width=0.125", "--protect-set", f"{label}:max_rounds=1",
+                "--protect-set", f"{label}:stop_error=0", "--quiet", "--out", out,
+                *_sets(["train.epochs=1", "train.batch_size=64", "train.threads=1"])]
+    argv = sweep("em", "sw")
     note = "Warning: em seed 0: em stopped at its round cap (max_rounds=1) after 1 round with the surrogate at "
+    advice = "Raise the cap (--protect-set em:max_rounds=2) or accept it knowingly"   # not protect's --set
     for extra in ([], ["--table-only"]):
         r = _run(tmp_path, argv + extra)
         assert r.returncode == 0, r.stderr[-3000:]
         lines = (tmp_path / "sw" / "table.md").read_text().splitlines()
         assert len([x for x in lines if x.startswith(note)]) == 1, lines
+        assert len([x for x in lines if x.startswith(note) and x.endswith(advice)]) == 1, lines
+        if not extra:                                               # said when it happens, the same way
+            assert re.search(r"^warning: em stopped at its round cap .*" + re.escape(advice) + "$", r.stderr, re.M), \
+                r.stderr
+    r = _run(tmp_path, sweep("capped", "sw2"))                      # another row label, the same (cached) store
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = (tmp_path / "sw2" / "table.md").read_text().splitlines()
+    assert len([x for x in lines if x.startswith("Warning: capped seed 0: em stopped at its round cap") and
+                x.endswith("Raise the cap (--protect-set capped:max_rounds=2) or accept it knowingly")]) == 1, lines
+
+
+def test_warning_advice_is_written_for_the_command_at_hand():
+    from ueperf.protections.runner import advice_for
+    w = "em ...: Raise the cap (--set max_rounds=2) or accept it; try --set steps=N or (--set alpha=...)"
+    assert advice_for(w) == w                                       # protect, and what the manifest keeps
+    assert advice_for(w, "--protect-set em_class:") == ("em ...: Raise the cap (--protect-set em_class:max_rounds=2) "
+                                                         "or accept it; try --protect-set em_class:steps=N or "
+                                                         "(--protect-set em_class:alpha=...)")
 
 
 # ───────────────────────────────────────────── closed pipes, file modes ──
@@ -330,6 +352,7 @@ def test_em_at_its_round_cap_and_an_unused_budget_are_warned_of(tmp_path):
                      r.stderr, re.M), r.stderr
     cap = r"em stopped at its round cap \(max_rounds=1\) after 1 round with the surrogate at [\d.]+ % on the"
     budget = r"em \(class-wise, linf ε=16/255\) changes the images by at most 1 of the 16 grey levels ε allows"
+    assert "Raise the cap (--set max_rounds=2) or accept it knowingly" in r.stderr    # protect's own option
     for pattern in (cap, budget):
         assert re.search(r"^warning: " + pattern, r.stderr, re.M), r.stderr       # said when it happens
         assert re.search(r"^  warning: " + pattern, r.stdout, re.M), r.stdout     # and in the final report

@@ -279,7 +279,7 @@ class GridRunner:
             self._stores[key] = generate_protected(
                 row.method, self.clean(), overrides=self._row_overrides(row), seed=seed,
                 cache_dir=Path(self._victim().data.cache_dir).expanduser(), surrogate_overrides=self.g.surrogate_sets,
-                device=self.g.device, progress=self.g.progress)
+                device=self.g.device, progress=self.g.progress, set_flag=f"--protect-set {row.label}:")
             self.gen_time[f"{row_label} s{seed}"] = time.perf_counter() - t0
         return self._stores[key]
 

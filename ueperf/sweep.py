@@ -112,12 +112,13 @@ def describe(runner: GridRunner) -> str:
 def protection_warnings(runner: GridRunner) -> List[str]:
     """The warnings recorded in the manifests of the sweep's protected stores (EM at its round cap,
     an ε budget barely used, ...): the stores this process made or opened, and the cached stores of
-    the rows whose key needs no prior (their key is recomputed from the clean store)."""
+    the rows whose key needs no prior (their key is recomputed from the clean store). Their advice
+    sets method keys as the sweep does (``--protect-set LABEL:KEY=VALUE``, not ``--set``)."""
     import dataclasses
 
     from .data.store import is_store, open_store
     from .protections import PROTECTIONS
-    from .protections.runner import default_out, protection_key, resolve_config
+    from .protections.runner import advice_for, default_out, protection_key, resolve_config
     g, out = runner.g, []
     for row in g.rows:
         if not row.method:
@@ -131,7 +132,7 @@ def protection_warnings(runner: GridRunner) -> List[str]:
                 path = default_out(row.method, runner.clean(), key, Path(runner._victim().data.cache_dir).expanduser())
             if path is not None and is_store(path):
                 warns = (store or open_store(path, verify=False)).manifest.get("meta", {}).get("warnings", [])
-                out += [f"{row.label} seed {seed}: {w}" for w in warns]
+                out += [f"{row.label} seed {seed}: {advice_for(w, f'--protect-set {row.label}:')}" for w in warns]
     return out
 
 

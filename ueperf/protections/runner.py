@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -122,6 +123,9 @@ def open_clean(clean: Union[Store, str, os.PathLike], verify: bool = True) -> St
 
 
 # ───────────────────────────────────────────── craft ──
+SET_FLAG = "--set "  # how `python -m ueperf.protect` sets a method key; a sweep's is --protect-set LABEL:
+
+
 @dataclass
 class Crafted:
     """The result of running a method: its perturbation and how it was made."""
@@ -137,6 +141,14 @@ class Crafted:
     overrides: List[str] = field(default_factory=list)            # the --set strings, as given
     surrogate_overrides: List[str] = field(default_factory=list)  # forced on every surrogate (part of the key)
     warnings: List[str] = field(default_factory=list)             # what the user should know (printed, manifest)
+    set_flag: str = SET_FLAG                                      # how the printed advice sets a method key
+
+
+def advice_for(warning: str, set_flag: str = SET_FLAG) -> str:
+    """``warning`` with its advice (``--set KEY=VALUE``) written for the command at hand: ``set_flag``
+    is ``"--set "`` for ``protect`` (as the manifest keeps it) and ``"--protect-set LABEL:"`` in a
+    sweep, whose rows take method keys that way."""
+    return warning if set_flag == SET_FLAG else re.sub(r"--set (?=[A-Za-z_][\w.]*=)", lambda _: set_flag, warning)
 
 
 def _logger(progress: bool, store: List[Dict[str, Any]]) -> Callable[[Dict[str, Any]], None]:
@@ -169,10 +181,11 @@ def _sync(dev: torch.device) -> None:
 def craft(method: str, clean: Union[Store, str, os.PathLike], *, overrides: Sequence[str] = (), seed: int = 0,
           device: Union[str, torch.device] = "auto", progress: bool = True,
           cache_dir: Optional[Union[str, os.PathLike]] = None, surrogate_overrides: Sequence[str] = (),
-          dist: Optional[parallel.DistContext] = None, **ctx_extra: Any) -> Crafted:
+          dist: Optional[parallel.DistContext] = None, set_flag: str = SET_FLAG, **ctx_extra: Any) -> Crafted:
     """Run ``method`` on the clean store and return its checked :class:`Crafted` perturbation.
 
     ``ctx_extra`` replaces ProtectContext fields (e.g. ``surrogate=`` a custom provider).
+    ``set_flag``: how the advice of printed warnings sets a method key (:func:`advice_for`).
     """
     cls, cfg = resolve_config(method, overrides)
     store = open_clean(clean)
@@ -208,10 +221,10 @@ def craft(method: str, clean: Union[Store, str, os.PathLike], *, overrides: Sequ
     warnings = _stop_test_warnings(method, cfg, pert)
     if dist.is_main:
         for w in warnings:
-            print(f"warning: {w}", file=sys.stderr, flush=True)
+            print(f"warning: {advice_for(w, set_flag)}", file=sys.stderr, flush=True)
     return Crafted(method=method, cfg=cfg, pert=pert, seed=int(seed), generation_time_s=dt, device=str(dev),
                    world_size=dist.world_size, logs=logs, surrogates=surrogates, overrides=list(overrides),
-                   surrogate_overrides=list(surrogate_overrides), warnings=warnings)
+                   surrogate_overrides=list(surrogate_overrides), warnings=warnings, set_flag=set_flag)
 
 
 # ───────────────────────────────────────────── will it do what the user wants ──
@@ -353,7 +366,7 @@ def _write_locked(crafted: Crafted, pert: Perturbation, store: Store, path: Path
                            f"nothing was written")
     budget = _budget_warnings(crafted.method, pert, size, limit)
     for w in budget:
-        print(f"warning: {w}", file=sys.stderr, flush=True)
+        print(f"warning: {advice_for(w, crafted.set_flag)}", file=sys.stderr, flush=True)
     gran = pert.granularity
     meta = {
         "method": crafted.method,
@@ -401,7 +414,8 @@ def generate_protected(method: str, clean_store: Union[Store, str, os.PathLike],
                        device: Union[str, torch.device] = "auto", progress: bool = True,
                        cache_dir: Optional[Union[str, os.PathLike]] = None,
                        surrogate_overrides: Sequence[str] = (), overwrite: bool = False, reuse: bool = True,
-                       grid: bool = True, dist: Optional[parallel.DistContext] = None, **ctx_extra: Any) -> Store:
+                       grid: bool = True, dist: Optional[parallel.DistContext] = None, set_flag: str = SET_FLAG,
+                       **ctx_extra: Any) -> Store:
     """Protect ``clean_store`` with ``method`` and return the written (or reused) protected store.
 
     overrides: ``["key=value", ...]`` on the method's Config (type-checked; unknown key = ConfigError).
@@ -412,6 +426,8 @@ def generate_protected(method: str, clean_store: Union[Store, str, os.PathLike],
     after the method's own choices (e.g. ``model.width=0.125`` for quick looks and tests).
     reuse: return an existing store at the output path that has the same key, without crafting.
     dist: the DistContext under torchrun (default: a single process).
+    set_flag: how the advice of printed warnings sets a method key: ``"--set "`` (protect), or
+    ``"--protect-set LABEL:"`` in a sweep; the manifest keeps the ``--set`` form (:func:`advice_for`).
     """
     _, cfg = resolve_config(method, overrides)
     if int(seed) < 0:
@@ -451,7 +467,8 @@ def generate_protected(method: str, clean_store: Union[Store, str, os.PathLike],
                 warn = announce(f"protecting {len(store.train)} images with {method}", est[0], dev, est[1])
                 pre += [warn] if warn else []
         crafted = craft(method, store, overrides=overrides, seed=seed, device=device, progress=progress,
-                        cache_dir=cache_dir, surrogate_overrides=surrogate_overrides, dist=dist, **ctx_extra)
+                        cache_dir=cache_dir, surrogate_overrides=surrogate_overrides, dist=dist, set_flag=set_flag,
+                        **ctx_extra)
         crafted.warnings[:0] = pre
         return finalize(crafted, store, ratio=ratio, out=path, overwrite=overwrite, grid=grid, dist=dist,
                         progress=progress and dist.is_main)
@@ -461,4 +478,4 @@ def generate_protected(method: str, clean_store: Union[Store, str, os.PathLike],
 
 
 __all__ = ["resolve_config", "check_config", "protection_key", "default_out", "open_clean", "craft",
-           "finalize", "generate_protected", "Crafted"]
+           "finalize", "generate_protected", "Crafted", "advice_for"]
