@@ -144,6 +144,7 @@ def test_train_interrupted_prints_a_resume_command_that_finishes_the_run(tmp_pat
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-3000:]
+    assert err.splitlines()[0] == "run folder: runs/synthetic_smoke/"   # first, also with train.progress=false
     command = _line(err, r"^ueperf: interrupted\. Continue the run with: (.*)$")
     assert command == "python3 -m ueperf.train --resume runs/synthetic_smoke"      # run from the same folder
     r = _run(tmp_path, _as_printed(command))
@@ -170,8 +171,10 @@ def test_sweep_prints_a_continue_command_that_reuses_its_folder(tmp_path):
     hint = _line(err, r"^ueperf: interrupted\. Continue the sweep with: (.*?)  \(finished cells")
     assert started == hint and hint.endswith(f"--out {shlex.quote(str(folder))}")
     assert "expected cost of the sweep (inline launcher)" in err
+    assert "run folder:" not in err                                 # --quiet: its cells say nothing
     r = _run(tmp_path, _as_printed(hint), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "run folder:" not in r.stderr
     assert list((tmp_path / "sweeps").iterdir()) == [folder]        # continued, not a new sweep
     for seed in (0, 1):
         recs = (folder / "runs" / f"clean__fs__nt__s{seed}" / "records.jsonl").read_text().splitlines()

@@ -65,7 +65,8 @@ def main(argv=None) -> int:
         print(dumps(cfg))
         return 0
     from .cli import set_interrupt_hint
-    with Trainer(cfg, hooks=hooks, resume=bool(args.resume), run_dir=run_dir) as tr:
+    # the run folder is printed first (rank 0), also with train.progress=false: where the outputs go
+    with Trainer(cfg, hooks=hooks, resume=bool(args.resume), run_dir=run_dir, announce=True) as tr:
         set_interrupt_hint(f"Continue the run with: {resume_command(tr.run_dir)}")
         summary = tr.fit()
     if int(os.environ.get("RANK", "0")) == 0:

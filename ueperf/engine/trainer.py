@@ -188,11 +188,18 @@ class Trainer:
 
     Hooks are given ``self.view``, a :class:`~ueperf.engine.hooks.TrainerView`: the attributes and
     actions they may use (config, epoch, model, learning-rate multipliers, snapshots, evaluation).
+
+    ``announce``: rank 0 prints ``run folder: DIR/`` when it has chosen the folder. ``python -m
+    ueperf.train`` always does; the default (None) follows ``train.progress``, so the runs inside
+    other jobs (a protection's surrogate, calibration, a ``--quiet`` sweep's cells) stay quiet
+    when those are.
     """
 
     def __init__(self, cfg: RunConfig, *, hooks: Sequence[TrainHook] = (), resume: bool = False,
-                 run_dir: Optional[os.PathLike] = None, store: Any = None, model: Optional[nn.Module] = None):
+                 run_dir: Optional[os.PathLike] = None, store: Any = None, model: Optional[nn.Module] = None,
+                 announce: Optional[bool] = None):
         self.cfg = cfg
+        self.announce = cfg.train.progress if announce is None else bool(announce)
         self.hooks: List[TrainHook] = list(hooks)
         # the hooks that act after every step (a plain loop over the others would cost nothing, but
         # the list states which hooks can change the model within an epoch)
@@ -233,7 +240,7 @@ class Trainer:
             self._prepare_run_dir()
         self.run_dir = Path(parallel.broadcast_object(str(self.run_dir) if ctx.is_main else None, ctx))
         parallel.barrier(ctx)
-        if ctx.is_main and cfg.train.progress:  # before data and model: the user knows where to look
+        if ctx.is_main and self.announce:  # before data and model: the user knows where to look
             print(f"run folder: {self.run_dir}/", file=sys.stderr, flush=True)
 
         # ── data ──
@@ -725,9 +732,10 @@ class Trainer:
 
 
 def train(cfg: RunConfig, *, resume: bool = False, hooks: Sequence[TrainHook] = (),
-          run_dir: Optional[os.PathLike] = None) -> Dict[str, Any]:
-    """Run ``cfg`` to the end (or continue it with ``resume``) and return the summary."""
-    with Trainer(cfg, hooks=hooks, resume=resume, run_dir=run_dir) as tr:
+          run_dir: Optional[os.PathLike] = None, announce: Optional[bool] = None) -> Dict[str, Any]:
+    """Run ``cfg`` to the end (or continue it with ``resume``) and return the summary
+    (``announce``: print the run folder first, see :class:`Trainer`)."""
+    with Trainer(cfg, hooks=hooks, resume=resume, run_dir=run_dir, announce=announce) as tr:
         return tr.fit()
 
 
