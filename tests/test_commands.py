@@ -181,6 +181,44 @@ def test_sweep_prints_a_continue_command_that_reuses_its_folder(tmp_path):
         assert [json.loads(x)["epoch"] for x in recs] == list(range(1, 31))
 
 
+def test_sweep_dry_run_prints_a_first_cell_that_runs_as_printed(tmp_path):
+    """--dry-run with cells under torchrun: before the first cell's store exists it names the store
+    and prints the sweep command that makes it (run as printed: it runs every cell); once the store
+    exists it prints the cell's torchrun command with the store's path (run as printed: the sweep
+    then counts the cell as finished)."""
+    argv = [sys.executable, "-m", "ueperf.sweep", "--dataset", "synthetic", "--data", "synthetic_train=128",
+            "--data", "synthetic_test=32", "--data", "synthetic_size=16", "--recipe", "synthetic_smoke",
+            "--protections", "clean,random", "--gpus-per-cell", "2", "--quiet", "--out", "sw",
+            *_sets(["train.epochs=1", "train.batch_size=64", "train.threads=1"])]
+    r = _run(tmp_path, argv + ["--dry-run"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = _line(r.stdout, r"^first cell clean__fs__nt__s0: needs the clean store, which is not made yet; make it "
+                            r"and run every cell with: (.*)$")
+    assert "<" not in sweep and "--dry-run" not in sweep
+    from ueperf.config import DataConfig, apply_overrides
+    from ueperf.data import prepare_dataset
+    clean = prepare_dataset(apply_overrides(DataConfig(dataset="synthetic", cache_dir=str(tmp_path / "cache")),
+                                            ["synthetic_train=128", "synthetic_test=32", "synthetic_size=16"]))
+    r = _run(tmp_path, argv + ["--dry-run"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    cell = shlex.split(_line(r.stdout, r"^first cell \(runs as printed; the sweep reuses its run\): (.*)$"))
+    assert cell[0] == sys.executable and f"data.dataset={clean.path}" in cell, cell
+    c = _run(tmp_path, cell)
+    assert c.returncode == 0, c.stderr[-3000:]
+    summary = tmp_path / "sw" / "runs" / "clean__fs__nt__s0" / "summary.json"
+    assert json.loads(summary.read_text())["world_size"] == 2
+    r = _run(tmp_path, argv + ["--dry-run"])
+    assert "1 finished, 1 to run" in r.stdout and _line(r.stdout, r"^first cell random__fs__nt__s0: needs the "
+                                                                  r"protected store of random, seed 0, which is not "
+                                                                  r"made yet; make it and run every cell with: (.*)$") \
+        == sweep
+    mtime = summary.stat().st_mtime
+    r = _run(tmp_path, _as_printed(sweep), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary.stat().st_mtime == mtime                         # the printed cell's run is reused
+    assert json.loads((tmp_path / "sw" / "runs" / "random__fs__nt__s0" / "summary.json").read_text())["world_size"] == 2
+
+
 def test_sweep_tables_carry_the_protections_warnings(tmp_path):
     """EM with stop_error=0 can never pass its stop test: the sweep's table says so under the table,
     also when it is only redrawn (--table-only); its advice sets the cap as a sweep does, for its row."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .errors import ConfigError
+from .errors import ConfigError, UeperfError
 
 CLEAN = "clean"
 # Summary fields collected per cell (the companion tables of a sweep).
@@ -264,6 +264,51 @@ class GridRunner:
             sets.append(f"prior={own}")
         sets.extend(f"{k}={v}" for k, v in prior_arch(own).items() if k in fields and k not in given)
         return sets
+
+    def existing_store(self, row_label: str, seed: int) -> Optional[Path]:
+        """The path of (row, seed)'s training store when it exists already, found without making
+        anything (no data conversion, prior training or crafting); None when the sweep has yet to
+        make it (or its prior)."""
+        from .config import DataConfig, apply_overrides
+        from .data.prepare import cache_key, store_path_for
+        from .data.sources import SOURCES
+        from .data.store import is_store, open_store
+        from .protections import PROTECTIONS
+        from .protections.runner import default_out, protection_key, resolve_config
+        g = self.g
+        if self._clean is not None:
+            clean = Path(self._clean.path)
+        elif is_store(Path(g.dataset).expanduser()):
+            clean = Path(g.dataset).expanduser()
+        else:
+            dcfg = apply_overrides(DataConfig(dataset=g.dataset, root=g.root, cache_dir=self._victim().data.cache_dir),
+                                   list(g.data_sets))
+            try:  # the source's files may not be here (a dry run for another machine): not made, then
+                SOURCES.get(g.dataset)
+                clean = store_path_for(dcfg, g.dataset, cache_key(dcfg, g.dataset)[0])
+            except (UeperfError, OSError):
+                return None
+        if not is_store(clean):
+            return None
+        row = self.g.row(row_label)
+        if not row.method:
+            return clean
+        if "prior" in {f.name for f in dataclasses.fields(PROTECTIONS.get(row.method).Config)} and \
+                not any(s.startswith("prior=") for s in row.overrides) and self.existing_prior() is None:
+            return None
+        _, pcfg = resolve_config(row.method, self._row_overrides(row))
+        store = open_store(clean, verify=False)
+        key, _ = protection_key(row.method, pcfg, 1.0, seed, store, g.surrogate_sets)
+        path = default_out(row.method, store, key, Path(self._victim().data.cache_dir).expanduser())
+        return path if is_store(path) else None
+
+    def existing_prior(self) -> Optional[Path]:
+        """The prior's path when it is a file (``--prior PATH``); None for none, or for a recipe (which
+        :meth:`prior` builds, or finds in the cache, by training)."""
+        if self._prior is not None:
+            return self._prior
+        p = Path(self.g.prior).expanduser() if self.g.prior else None
+        return self.prior() if p is not None and p.is_file() else None
 
     def store(self, row_label: str, seed: int):
         """The training store of (row, seed): the clean store, or the protected one (made now or reused)."""

@@ -728,8 +728,9 @@ def _slurm(runner: GridRunner, todo: List[Cell], lc: Launch, after: After, echo:
 
 
 # ───────────────────────────────────────────── dry run ──
-def plan(runner: GridRunner, lc: Launch) -> List[str]:
-    """What :func:`run_cells` would do, as lines (``--dry-run``)."""
+def plan(runner: GridRunner, lc: Launch, command: str = "") -> List[str]:
+    """What :func:`run_cells` would do, as lines (``--dry-run``). ``command``: the sweep's own
+    command without ``--dry-run``, printed when the first cell's store is not made yet."""
     g = runner.g
     cells = g.cells()
     todo = [c for c in cells if runner.summary(c) is None]
@@ -760,9 +761,18 @@ def plan(runner: GridRunner, lc: Launch) -> List[str]:
                      f"--dependency=afterok:<its protection job, or prepare for clean rows>: "
                      f"{json.dumps(job_parameters(lc, g, 'cells'))}")
     if todo and k > 1:
+        # a command that runs as printed: the first cell's store exists already, or the sweep makes it
         c = todo[0]
-        lines.append("first cell: " + " ".join(_shquote(a) for a in
-                                                torchrun_command(runner, c, "<store of " + f"{c.row} s{c.seed}>", k)))
+        store = runner.existing_store(c.row, c.seed)
+        prior = c.paradigm == "fs" or runner.existing_prior() is not None
+        if store is not None and prior:
+            lines.append("first cell (runs as printed; the sweep reuses its run): " + " ".join(
+                _shquote(a) for a in torchrun_command(runner, c, str(store), k)))
+        else:
+            what = (f"the prior (--prior {g.prior})" if store is not None else "the clean store"
+                    if not g.row(c.row).method else f"the protected store of {c.row}, seed {c.seed}")
+            then = f"; make it and run every cell with: {command}" if command else "; the sweep makes it first"
+            lines.append(f"first cell {c.name}: needs {what}, which is not made yet{then}")
     return lines
 
 

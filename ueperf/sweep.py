@@ -227,7 +227,10 @@ def main(argv=None) -> int:
     if not args.table_only:
         launch.check(lc, runner)            # and where they will run
     if lc.dry_run:
-        print("\n".join(launch.plan(runner, lc)))
+        argv_run = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--dry-run"]
+        run = "python3 -m ueperf.sweep " + " ".join(shlex.quote(a) for a in argv_run)
+        print("\n".join(launch.plan(runner, lc, run if args.out else
+                                     f"{run} --out {shlex.quote(str(grid.out.absolute()))}")))
         return 0
     grid.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
