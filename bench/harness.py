@@ -44,14 +44,9 @@ def sync(device: torch.device) -> None:
 
 
 def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+    """The CPU's model name (the one ueperf records in every run's config.json)."""
+    from ueperf.engine.trainer import cpu_model
+    return cpu_model()
 
 
 def hardware_name(device: torch.device) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def run(args) -> int:
         groups.append([k for k in sweeps if k.startswith("ablation")])
     procs = []
     for keys in groups:  # one process chain per group, the groups side by side
-        cmd = " && ".join(" ".join([sys.executable, "-m", "ueperf.sweep", *sweeps[k], "--quiet"]) for k in keys)
+        cmd = " && ".join(shlex.join([sys.executable, "-m", "ueperf.sweep", *sweeps[k], "--quiet"]) for k in keys)
         print(f"$ {cmd}", file=sys.stderr)
         procs.append(subprocess.Popen(cmd, shell=True, env=env, cwd=ROOT))
     return max([p.wait() for p in procs] or [0])
@@ -114,21 +115,17 @@ def _paired(a: Sequence[Optional[float]], b: Sequence[Optional[float]]):
     return statistics.mean(d), statistics.stdev(d), len(d)
 
 
-def _verdict_beats(a, b, label) -> str:
+def _verdict(a, b, label, holds) -> str:
+    """A targets-table row: the paired a − b (points) and whether ``holds(mean, std)``."""
     p = _paired(a, b)
     if p is None:
         return f"| {label} | – | not measured |"
     m, s, n = p
-    ok = m > 0 and m > 2 * s
-    return f"| {label} | {m:+.1f} ± {s:.1f} (n={n}) | {'**met**' if ok else 'not met'} |"
+    return f"| {label} | {m:+.1f} ± {s:.1f} (n={n}) | {'**met**' if holds(m, s) else 'not met'} |"
 
 
-def _verdict_within(a, b, tol, label) -> str:
-    p = _paired(a, b)
-    if p is None:
-        return f"| {label} | – | not measured |"
-    m, s, n = p
-    return f"| {label} | {m:+.1f} ± {s:.1f} (n={n}) | {'**met**' if m > -tol else 'not met'} |"
+def _beats(m: float, s: float) -> bool:        # beats by more than 2 std of the paired difference
+    return m > 0 and m > 2 * s
 
 
 def report(args) -> int:
@@ -172,13 +169,13 @@ def report(args) -> int:
         c = t["cells"]
         lines += ["", "Targets (paired over seeds, percentage points):", "", "| claim | a − b | verdict |", "| --- | --- | --- |"]
         if "em" in c:
-            lines.append(_gap_line(c["clean"]["nt"], c["em"]["nt"], 15, "EM bites: clean NT − EM NT > 15"))
-            lines.append(_verdict_beats(c["em"]["st_cg"], c["em"]["nt_cg"], "EM row: ST-CG beats NT-CG by > 2 std"))
+            lines.append(_verdict(c["clean"]["nt"], c["em"]["nt"], "EM bites: clean NT − EM NT > 15", lambda m, s: m > 15))
+            lines.append(_verdict(c["em"]["st_cg"], c["em"]["nt_cg"], "EM row: ST-CG beats NT-CG by > 2 std", _beats))
             best = [None if x is None or y is None else max(x, y) for x, y in zip(c["em"]["nt_cg"], c["em"]["st_cg"])]
-            lines.append(_verdict_beats(c["em"]["st_full"], best, "EM row: ST-Full beats max(NT-CG, ST-CG) by > 2 std"))
-            lines.append(_verdict_beats(c["em"]["st"], c["em"]["nt"], "EM row: ST beats NT by > 2 std"))
-        lines.append(_verdict_within(c["clean"]["st_full"], c["clean"]["nt"], 2, "clean: ST-Full within 2 of NT"))
-        lines.append(_verdict_within(c["clean"]["st_cg"], c["clean"]["nt_cg"], 3, "clean: ST-CG within 3 of NT-CG"))
+            lines.append(_verdict(c["em"]["st_full"], best, "EM row: ST-Full beats max(NT-CG, ST-CG) by > 2 std", _beats))
+            lines.append(_verdict(c["em"]["st"], c["em"]["nt"], "EM row: ST beats NT by > 2 std", _beats))
+        lines.append(_verdict(c["clean"]["st_full"], c["clean"]["nt"], "clean: ST-Full within 2 of NT", lambda m, s: m > -2))
+        lines.append(_verdict(c["clean"]["st_cg"], c["clean"]["nt_cg"], "clean: ST-CG within 3 of NT-CG", lambda m, s: m > -3))
         lines.append("")
     base = _table(work / "cifar")
     lines += ["## Ablations: ST-CG on the CIFAR EM row", "",
@@ -210,14 +207,6 @@ def report(args) -> int:
     return 0
 
 
-def _gap_line(a, b, gap, label) -> str:
-    p = _paired(a, b)
-    if p is None:
-        return f"| {label} | – | not measured |"
-    m, s, n = p
-    return f"| {label} | {m:+.1f} ± {s:.1f} (n={n}) | {'**met**' if m > gap else 'not met'} |"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["run", "report", "print"], help="run the sweeps, write the report, or print the sweep commands")
@@ -230,7 +219,7 @@ def main(argv=None) -> int:
     args.work = str(Path(args.work).expanduser())
     if args.what == "print":
         for name, argv_ in _sweeps(Path(args.data), Path(args.work)).items():
-            print(f"# {name}\npython3 -m ueperf.sweep {' '.join(argv_)} --quiet")
+            print(f"# {name}\npython3 -m ueperf.sweep {shlex.join(argv_)} --quiet")
         return 0
     return run(args) if args.what == "run" else report(args)
 
