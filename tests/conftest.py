@@ -6,6 +6,17 @@ are not there, the tests that need them are skipped with the reason (the rest st
 from __future__ import annotations
 
 import os
+
+# The README's test command runs the gate on every core (pytest-xdist, ``-n auto``): one process per
+# core, so each takes one torch thread unless OMP_NUM_THREADS says otherwise (n workers × n threads on
+# n cores ran several times slower); set before torch is imported, so the processes the tests start
+# inherit it. A plain ``pytest`` (no workers) keeps torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import sys
+    if "torch" in sys.modules:  # a plugin imported it first: the variable came too late for it
+        sys.modules["torch"].set_num_threads(1)
+
 import shutil
 import subprocess
 import tarfile
