@@ -31,8 +31,9 @@ PARAM_COUNTS = {
     ("wrn34_10", 10, 32): 46_160_474,      # xternalz WideResNet(34, 10)
 }
 # Layer-group counts from spec §4.3.
-GROUP_COUNTS = {"resnet18": 10, "resnet50": 18, "vgg16": 14, "densenet121": 9,
-                "wrn28_10": 14, "wrn34_10": 17}
+GROUP_COUNTS = {"vit_small": 14, "cait_small": 28,  # embed, 12 | 24 + 2 blocks, norm + head
+                "resnet18": 10, "resnet50": 18, "vgg16": 14, "densenet121": 9,
+                "wrn28_10": 14, "wrn34_10": 17, "mobilenet_v2": 20, "senet18": 10}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,7 +79,8 @@ def test_forward_and_features_shapes(name, size):
     assert feats.shape == (2, m.feature_dim) and m.feature_dim == m.head.in_features
     assert isinstance(m.head, nn.Linear) and m.head.out_features == 7
     torch.testing.assert_close(m.head(feats), logits)  # forward = head ∘ features
-    assert m.stem == ("imagenet" if size > 32 and name in IMAGENET_STEM else "cifar")
+    # transformers have one stem, "patch"; CNNs take the CIFAR stem up to 32 px
+    assert m.stem == ("imagenet" if size > 32 and name in IMAGENET_STEM else MODELS.get(name).stems[0])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -111,7 +113,7 @@ def test_imagenet_stem_at_224(name):
     m = small(name, 224).eval()
     assert m.stem == "imagenet"
     conv = m.state_dict()[m.stem_conv_key]
-    assert conv.shape[-2:] == (7, 7)
+    assert conv.shape[-2:] == ((3, 3) if name == "mobilenet_v2" else (7, 7))  # MobileNet-V2: 3×3 stride 2
     with torch.no_grad():
         assert m(torch.rand(1, 3, 224, 224)).shape == (1, 7)
 
@@ -173,7 +175,8 @@ def test_group_output_module_sees_what_the_group_hands_on(name):
                 logits = m(x)
         finally:
             handle.remove()
-        assert calls == [4], f"group {m.group_names()[i]}: hook calls {calls}"
+        # a CNN group hands on (N, C, H, W) maps, a transformer block (N, T, D) tokens
+        assert calls == [3 if m.stem == "patch" else 4], f"group {m.group_names()[i]}: hook calls {calls}"
         assert torch.allclose(logits, logits[:1].expand_as(logits), atol=1e-5), m.group_names()[i]
     if name == "resnet18":   # the stem's ReLU is functional: no module carries its output
         with pytest.raises(ModelError, match="stem"):

@@ -58,7 +58,9 @@ def test_freezing_is_exact_and_lrs_follow_the_spec(prior, tmp_path, paradigm, fr
     loaded = torch.load(prior[0], weights_only=True)
     stem_key = next(k for k in loaded if k.endswith("weight") and loaded[k].dim() == 4)
     assert torch.equal(model.state_dict()[stem_key].float(), loaded[stem_key].float())   # the prior is loaded
-    tr.fit()
+    summary = tr.fit()
+    pre = summary["pretrained"]          # the summary says what was loaded (the console said it too)
+    assert pre["path"] == str(prior[0]) and pre["loaded"] == len(loaded) - 2 * (not pre["head_loaded"])
     for i, (_, m) in enumerate(groups):
         after = m.state_dict()
         changed = any(not torch.equal(before[i][k], after[k]) for k in after if "num_batches" not in k)

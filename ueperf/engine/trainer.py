@@ -278,6 +278,10 @@ class Trainer:
                                 width=cfg.model.width, stem=cfg.model.stem)
             if cfg.model.pretrained:
                 self.pretrained_report = load_pretrained(model, cfg.model.pretrained)
+                if ctx.is_main:  # what the loading adapted (renamed keys, a resampled position embedding, the head)
+                    rep = self.pretrained_report
+                    print(f"pretrained weights {rep['path']}: {len(rep['loaded'])} tensors loaded"
+                          + "".join(f"; {n}" for n in rep["notes"]), file=sys.stderr)
         if not 0 <= cfg.model.dropout < 1:
             raise ConfigError(f"model.dropout={cfg.model.dropout}: must be in [0, 1)")
         if cfg.model.dropout:
@@ -698,6 +702,8 @@ class Trainer:
             "world_size": self.ctx.world_size, "backend": self.ctx.backend, "device": str(self.ctx.device),
             "dataset": self.store.manifest.get("name"), "model": self.cfg.model.name,
             "warnings": list(self.warnings),
+            "pretrained": None if getattr(self, "pretrained_report", None) is None else {
+                k: (len(v) if k == "loaded" else v) for k, v in self.pretrained_report.items()},
             "expected_time_s": self.expected_time_s,  # the cost estimate made from the first steps
             "run": run_record(self.run_dir),  # what the run is: protection, countermeasure, data, ... (runinfo)
         }

@@ -16,7 +16,15 @@ vgg16         cifar              13 conv+BN layers, head → 14
 densenet121   cifar, imagenet    stem, 4 dense blocks, 3 transitions, head → 9
 wrn28_10      cifar              stem, 12 blocks, final BN + fc → 14
 wrn34_10      cifar              stem, 15 blocks, final BN + fc → 17
+mobilenet_v2  cifar, imagenet    stem, 17 bottlenecks, conv_last, head → 20
+senet18       cifar, imagenet    stem, 8 SE residual blocks, head → 10
+vit_small     patch              embed (patch + pos + cls), 12 blocks, norm + head → 14
+cait_small    patch              embed, 24 SA blocks, 2 class-attention blocks, norm + head → 28
 ============  =================  ================================================
+
+Transformers have one stem, ``patch`` (``model.stem=auto`` picks it); their patch size follows
+the image size (4 px below 64 px, 8 px below 96 px, 16 px from 96 px) and the side must be a
+multiple of it (see :mod:`ueperf.models.vit`).
 
 Importing this package imports torch but builds nothing; every module of the package is imported
 on the first registry lookup, and an architecture registers itself in its own file
@@ -37,10 +45,11 @@ def resolve_stem(spec: ModelSpec, image_size: int, stem: str) -> str:
     if stem == "auto":
         return "imagenet" if image_size > 32 and "imagenet" in spec.stems else spec.stems[0]
     if stem not in spec.stems:
+        settable = f" or model.stem={spec.stems[0]}" if spec.stems[0] in STEMS else ""
         raise ConfigError(f"model {spec.name!r} has no {stem!r} stem (it has: "
                           f"{', '.join(spec.stems)}); it runs at any image size >= "
                           f"{spec.min_size[spec.stems[0]]} px with its {spec.stems[0]} layout. "
-                          f"Set model.stem=auto or model.stem={spec.stems[0]}.")
+                          f"Set model.stem=auto{settable}.")
     return stem
 
 
@@ -67,7 +76,7 @@ def build_model(name: str, num_classes: int, image_size: int, width: float = 1.0
                           f"it down-samples by {spec.min_size[stem]}, so images need at least "
                           f"{spec.min_size[stem]} px per side. Resize the data (data.image_size) or "
                           f"choose another model/stem.")
-    model = spec(num_classes, width, stem)
+    model = spec(num_classes, width, stem, image_size=image_size)  # only sized specs use it
     model.arch = name
     return model
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -237,6 +237,18 @@ class UEModel(nn.Module):
                 groups[i][1].eval()
         return self
 
+    # ── checkpoints ─────────────────────────────────────────────────────────────────────────
+    def adapt_checkpoint(self, state: Dict[str, torch.Tensor], notes: List[str]) -> Dict[str, torch.Tensor]:
+        """Hook of :func:`~ueperf.models.pretrained.load_pretrained`: adapt a foreign checkpoint's
+        tensors (already renamed to this model's keys) before they are compared with the model's.
+
+        The default changes nothing. Vision transformers resample a position embedding made for
+        another patch grid (:meth:`ueperf.models.vit.VisionTransformer.adapt_checkpoint`). Append
+        what was changed to ``notes`` (it is reported); raise :class:`ModelError` for a
+        checkpoint that cannot fit, naming the key and both shapes.
+        """
+        return state
+
     def extra_repr(self) -> str:
         return f"arch={self.arch}, stem={self.stem}, width={self.width}, num_classes={self.num_classes}"
 
@@ -248,15 +260,23 @@ class ModelSpec:
     ``build(num_classes, width, stem)`` returns the model; ``stems`` lists the stems it has
     (the first is the default for small images); ``min_size[stem]`` is the smallest image side
     the network accepts (its total down-sampling factor); ``description`` is for listings.
+    ``sized``: the builder also takes ``image_size=`` (px per side), for architectures whose
+    parameters depend on it (a vision transformer's patch size and position-embedding grid);
+    CNNs are size-agnostic and never get it.
     """
 
     name: str
-    build: Callable[[int, float, str], UEModel]
+    build: Callable[..., UEModel]
     stems: Tuple[str, ...]
     min_size: dict
     description: str
+    sized: bool = False
 
-    def __call__(self, num_classes: int, width: float = 1.0, stem: str = "cifar") -> UEModel:
+    def __call__(self, num_classes: int, width: float = 1.0, stem: Optional[str] = None,
+                 image_size: Optional[int] = None) -> UEModel:
+        stem = self.stems[0] if stem is None else stem
+        if self.sized and image_size is not None:
+            return self.build(num_classes, width, stem, image_size=image_size)
         return self.build(num_classes, width, stem)
 
 
@@ -265,11 +285,14 @@ class ModelSpec:
 MODELS: Registry[ModelSpec] = Registry("model", package="ueperf.models")
 
 
-def register_model(name: str, *, stems: Tuple[str, ...], min_size: dict, description: str):
+def register_model(name: str, *, stems: Tuple[str, ...], min_size: dict, description: str,
+                   sized: bool = False):
     """Decorator on a builder ``fn(num_classes, width, stem) -> UEModel``: registers it as ``name``.
-    ``min_size[stem]`` = the total down-sampling factor (the smallest side leaving a 1×1 map)."""
-    def deco(fn: Callable[[int, float, str], UEModel]) -> Callable[[int, float, str], UEModel]:
-        MODELS.register(name)(ModelSpec(name, fn, tuple(stems), dict(min_size), description))
+    ``min_size[stem]`` = the total down-sampling factor (the smallest side leaving a 1×1 map).
+    ``sized=True``: the builder is ``fn(num_classes, width, stem, image_size=...)`` (see
+    :class:`ModelSpec`)."""
+    def deco(fn: Callable[..., UEModel]) -> Callable[..., UEModel]:
+        MODELS.register(name)(ModelSpec(name, fn, tuple(stems), dict(min_size), description, sized))
         return fn
     return deco
 

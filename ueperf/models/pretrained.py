@@ -6,7 +6,9 @@ timm ResNet checkpoints (same names), and the usual wrappers around one: a dict 
 kuangliu/pytorch-cifar), keys prefixed by ``module.`` (DDP / DataParallel), ``_orig_mod.``
 (``torch.compile``) or ``model.``. Per-architecture aliases rename other common layouts
 (CIFAR zoos' ``linear``/``shortcut`` for ResNets, torchvision's ``features.*`` for VGG and
-DenseNet; see each model's ``checkpoint_aliases``).
+DenseNet; see each model's ``checkpoint_aliases``). timm / DeiT ViT and CaiT checkpoints load by
+name into ``vit_small`` / ``cait_small``; a model's ``adapt_checkpoint`` hook then adapts what
+names cannot (a ViT resamples a position embedding made for another patch grid, and says so).
 
 Files are read with ``torch.load(..., weights_only=True)``: no code stored in a checkpoint is
 ever executed. Nothing is downloaded.
@@ -158,6 +160,12 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, *,
     state, notes = read_state_dict(path)
     own = target.state_dict()
     state = _map_keys(state, own, getattr(target, "checkpoint_aliases", ()), notes)
+    adapt = getattr(target, "adapt_checkpoint", None)  # e.g. a ViT's position-embedding resampling
+    if adapt is not None:
+        try:
+            state = adapt(state, notes)
+        except ModelError as e:
+            raise ModelError(f"{os.fspath(path)}: {e}") from None
     arch = getattr(target, "arch", type(target).__name__)
     desc = (f"{arch} (stem={getattr(target, 'stem', '?')}, width={getattr(target, 'width', '?')}, "
             f"num_classes={getattr(target, 'num_classes', '?')})")

@@ -205,13 +205,13 @@ class Camouflage:
     def terms(self, y: torch.Tensor):
         """(R_sub, R_cls, in-mask energy fraction) per sample, from the last captured a(x + δ)
         and the reference a(x) of :meth:`prepare`."""
-        d = self.out.float() - self.ref
+        d = channels_first(self.out.float() - self.ref)
         keep = torch.zeros(d.shape[1], device=d.device, dtype=d.dtype).index_fill_(0, self.mask_idx, 1.0)
-        e_all = d.pow(2).sum((2, 3))                       # (B, C)
+        e_all = d.pow(2).sum(2)                            # (B, C)
         e_in = (e_all * keep).sum(1)
         total = e_all.sum(1)
         r_sub = (total - e_in) / (total + 1e-8)
-        gap = d.mean((2, 3)).index_select(1, self.mask_idx)  # GAP(M ⊙ Δ) restricted to M
+        gap = d.mean(2).index_select(1, self.mask_idx)     # GAP(M ⊙ Δ) restricted to M
         r_cls = -F.cosine_similarity(gap, self.codes.index_select(0, y), dim=1, eps=1e-8)
         return r_sub, r_cls, e_in / (total + 1e-8)
 
@@ -276,6 +276,15 @@ def linear_probe(model, rows: torch.Tensor, cfg: SSCConfig, ctx: ProtectContext)
         return float((head(f).argmax(1) == y).double().mean())
 
 
+def channels_first(a: torch.Tensor) -> torch.Tensor:
+    """S's output as (N, C, positions): a CNN's (N, C, H, W) maps flattened over H·W; a vision
+    transformer's (N, T, D) tokens as D channels over T positions (the embedding dimensions play
+    the channels' part, the tokens the spatial positions') [ours: the paper's S is a CNN]."""
+    if a.dim() == 3:
+        return a.transpose(1, 2)
+    return a.flatten(2)
+
+
 def channel_scores(model, cam: Camouflage, rows: torch.Tensor, cfg: SSCConfig, ctx: ProtectContext) -> torch.Tensor:
     """s_c = mean over images and positions of |a_c · ∂CE/∂a_c| on the clean images ``rows``."""
     model.eval()
@@ -288,7 +297,7 @@ def channel_scores(model, cam: Camouflage, rows: torch.Tensor, cfg: SSCConfig, c
                 logits = model(to_model(to_float(ctx.x[idx])))
             a = cam.out
             g, = torch.autograd.grad(F.cross_entropy(logits.float(), ctx.y[idx], reduction="sum"), a)
-            sc = (a.detach().float() * g.float()).abs().mean((2, 3)).sum(0)
+            sc = channels_first((a.detach().float() * g.float()).abs()).mean(2).sum(0)
             total = sc if total is None else total + sc
     finally:
         cam.mode, cam.out = "keep", None
