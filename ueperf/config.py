@@ -20,7 +20,7 @@ from .files import default_cache_dir
 # ───────────────────────────────────────────── components ──
 @dataclass
 class DataConfig:
-    dataset: str = "embedded"       # registered source name (cifar10, cifar100, imagefolder, synthetic, embedded) or a store folder
+    dataset: str = "embedded"       # registered source name (cifar10, cifar100, svhn, imagefolder, synthetic, embedded) or a store folder
     root: str = ""                  # where the source lives: folder or archive (.tar.gz); "" = default for the source
     cache_dir: str = field(default_factory=default_cache_dir)  # where uint8 stores are written ($UEPERF_CACHE_DIR or ~/.cache/ueperf)
     download: bool = False          # download the source if missing (needs network)

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ueperf.protect", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", help="protection method (see --list)")
-    p.add_argument("--dataset", help="registered source name (cifar10, cifar100, imagefolder, embedded, "
+    p.add_argument("--dataset", help="registered source name (cifar10, cifar100, svhn, imagefolder, embedded, "
                                      "synthetic) or a clean store folder")
     p.add_argument("--root", default="", help="where the source lives (folder or archive); default: the source's own")
     p.add_argument("--data", dest="data_sets", action="append", default=[], metavar="KEY=VALUE",

@@ -2,7 +2,7 @@
 
 ::
 
-    source (cifar10, cifar100, imagefolder, synthetic, embedded)      ueperf.data.sources.SOURCES
+    source (cifar10, cifar100, svhn, imagefolder, synthetic, embedded)  ueperf.data.sources.SOURCES
         │  fn(DataConfig) -> RawData (uint8 NHWC + int64 labels + info)
         ▼
     store folder: train/test .npy arrays + manifest.json (atomic)    ueperf.data.store

@@ -3,6 +3,7 @@
 =============  ==================================================================================
 cifar10        official python-pickle CIFAR-10 (folder or ``cifar-10-python.tar.gz``)
 cifar100       official python-pickle CIFAR-100 (folder or ``cifar-100-python.tar.gz``), fine labels
+svhn           SVHN cropped digits: a folder with the official ``train_32x32.mat``, ``test_32x32.mat``
 imagefolder    ``train/<class>/*.jpg`` + ``val/`` (or ``test/``) from a folder or a tar(.gz)
 synthetic      procedurally generated, class-dependent images (no files needed)
 embedded       2,000 + 500 real CIFAR-10 images shipped inside the package (no files needed)

@@ -153,8 +153,13 @@ def _parse_batch(d: Any, what: str, label_key: str, num_classes: int) -> Tuple[n
 
 
 # ───────────────────────────────────────────── file access ──
-def download(url: str, dest: Path, md5: str) -> Path:
-    """Download ``url`` to ``dest`` (atomically: a temp sibling, renamed once its md5 checks)."""
+def download(url: str, dest: Path, md5: str, *, what: str = "archive",
+             alternative: str = "or set data.root to the archive or to the extracted folder") -> Path:
+    """Download ``url`` to ``dest`` (atomically: a temp sibling, renamed once its md5 checks).
+
+    The one download of the data sources (SVHN's files come through here too): ``what`` names
+    the file in the md5 error ("the official <what>"), ``alternative`` completes the offline
+    error's advice ("put it at <dest> (<alternative>)")."""
     import urllib.error
     import urllib.request
 
@@ -171,12 +176,11 @@ def download(url: str, dest: Path, md5: str) -> Path:
                         bar.update(len(chunk))
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             raise DataError(f"could not download {url} ({e}). Without network access, download it "
-                            f"on another machine and put it at {dest} (or set data.root to the archive "
-                            f"or to the extracted folder).") from None
+                            f"on another machine and put it at {dest} ({alternative}).") from None
         got = file_digest(part, "md5")
         if got != md5:
             raise DataError(f"downloaded {url} but its md5 is {got}, expected {md5} (corrupt or changed "
-                            f"download); try again, or put the official archive at {dest}.")
+                            f"download); try again, or put the official {what} at {dest}.")
 
     return atomic_write(dest, fetch)
 
