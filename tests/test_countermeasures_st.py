@@ -178,6 +178,8 @@ def test_frozen_group_stays_still_while_the_rest_trains(tmp_path):
     tr.fit()
     assert [r["rejected"] for r in tr.records] == [True, False, False]
     assert tr.records[-1]["st_v"] == [0.0] + [1.0] * 9
+    lr = tr.records[0]["lr"]                               # the epoch that ended in the rollback records the
+    assert lr[0] == 0.0 and lr[1] == lr[-1] > 0            # damped lrs in force after it, not the snapshot's
     for e in (1, 2):
         for k in rec.stems[0]:
             assert torch.equal(rec.stems[0][k], rec.stems[e][k]), (e, k)

@@ -321,6 +321,7 @@ class STHook(TrainHook):
             entry["rolled_back_to"] = back["t"]
             st["v"] = multipliers(st["c"], self.L, s.alpha, s.multiplier, s.v_min)
             self._apply_v(tr)
+            tr.set_lr(t)  # the restore brought back the snapshot's lrs: the damped ones are in force now
             if max(st["v"]) == 0.0:   # nothing left to train: ST ends here
                 st["done"] = True
                 tr.end_epoch()

@@ -41,7 +41,8 @@ class TrainerView:
     ``lr``), ``autocast_dtype`` (None = fp32). Change: ``lr_mult[j]`` (group j's learning-rate
     multiplier, between epochs), ``group_lr`` (per-layer-group multipliers, in ``on_model`` only).
     Do: :meth:`eval_transform`, :meth:`evaluate`, :meth:`snapshot` / :meth:`restore` (weights,
-    BN statistics and optimiser state), :meth:`reset_momentum`, :meth:`end_epoch`, :meth:`warn`.
+    BN statistics and optimiser state), :meth:`set_lr`, :meth:`reset_momentum`, :meth:`end_epoch`,
+    :meth:`warn`.
     """
 
     def __init__(self, trainer: Any):
@@ -85,6 +86,13 @@ class TrainerView:
     def restore(self, state: Dict[str, Any]) -> None:
         """Load a :meth:`snapshot` back: weights, BN statistics and momentum."""
         self._t.wrapped.load_state_dict(state)
+
+    def set_lr(self, t: float) -> None:
+        """Put the lrs of fractional epoch ``t`` (schedule × ``lr_mult``) into the optimiser now —
+        after changing ``lr_mult`` or a :meth:`restore` mid-epoch (which brings the snapshot's lrs
+        back), so that what the epoch's record shows is what is in force; the next step sets them
+        again anyway."""
+        self._t.set_lr(t)
 
     def warn(self, message: str) -> None:
         """Tell the user something went other than they likely wanted: printed once and kept in
