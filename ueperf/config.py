@@ -67,10 +67,12 @@ class OptimConfig:
     momentum: float = 0.9           # SGD momentum coefficient
     weight_decay: float = 5e-4      # SGD weight decay (L2 penalty coefficient)
     nesterov: bool = False          # use Nesterov momentum
-    schedule: str = "cosine"        # learning-rate schedule over the run: cosine (to 0) | constant | multistep
+    schedule: str = "cosine"        # learning-rate schedule over the run: cosine (to 0) | constant | multistep | linear
+                                    # (1 at the end of the warm-up, straight down to 0 at the end of the run)
     milestones: Tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of the run
     gamma: float = 0.1              # multistep: decay factor
     warmup_epochs: float = 0.0      # linear warm-up length, epochs
+    warmup_start: float = 0.0       # the warm-up starts at this fraction of the lr (0 = from 0; airbench: 0.2)
     group_lr: Tuple[float, ...] = ()  # per-layer-group multipliers, shallow → deep (() = all 1)
     grad_clip: float = 0.0          # clip global grad norm to this (0 = off; EM config uses 5.0)
 
@@ -182,6 +184,30 @@ class RegularizeConfig:
 
 
 @dataclass
+class FastConfig:
+    """The fast-training techniques of airbench (Jordan 2024, arXiv 2404.00498; ``ueperf.engine.fast``).
+    Every switch is off by default, so no other recipe changes; the fast_victim recipe sets the
+    paper's choice of each. The sub-settings hold the paper's values and act only with their switch."""
+    whiten: bool = False            # fit the model's patch-whitening stem (fastnet) to the training images' 2x2 patch
+                                    # covariance at train start and freeze its weights [paper]
+    whiten_images: int = 5000       # whiten: training images (a seeded sample) the covariance is measured on (0 = all) [ours]
+    whiten_eps: float = 5e-4        # whiten: added to every eigenvalue before 1/sqrt, so flat directions are not blown up [ours]
+    whiten_bias_epochs: float = 3.0  # whiten: the whitening bias trains for this many epochs, then stays [paper]
+    identity_init: bool = False     # partial identity (Dirac) init: the first C_in filters of every later conv pass
+                                    # their input through [paper]
+    bn_momentum: float = 0.0        # BatchNorm running-statistics momentum in PyTorch's convention (running = (1-m) *
+                                    # running + m * batch); 0 = each model's own (0.1); paper: 0.6 in its convention = 0.4
+    bn_bias_lr: float = 1.0         # lr multiplier of BatchNorm biases, their weight decay divided by it (1 = off) [paper: 64]
+    label_smoothing: float = 0.0    # label smoothing of the training cross-entropy (0 = off) [paper: 0.2]
+    lookahead: bool = False         # Lookahead on weights and BN statistics: every lookahead_every steps
+                                    # slow = d * slow + (1 - d) * fast, fast = slow; the end of training keeps slow [paper]
+    lookahead_every: int = 5        # lookahead: optimiser steps between syncs [paper]
+    lookahead_decay: float = 0.95   # lookahead: d = decay^every * (step / total steps)^3 [paper]
+    tta: str = "none"               # test-time augmentation of every evaluation: none | flip (logits of x and of its
+                                    # mirror averaged) | multicrop (the paper's 6 views: flips x 1-px shifts)
+
+
+@dataclass
 class RunConfig:
     name: str = ""                  # run name ("" = recipe name)
     out_dir: str = "runs"           # runs are written to out_dir/name
@@ -200,6 +226,7 @@ class RunConfig:
     ueraser: UEraserConfig = field(default_factory=UEraserConfig)
     iss: ISSConfig = field(default_factory=ISSConfig)
     reg: RegularizeConfig = field(default_factory=RegularizeConfig)
+    fast: FastConfig = field(default_factory=FastConfig)
 
 
 # ───────────────────────────────────────────── overrides ──
@@ -316,6 +343,26 @@ RESULT_FREE_KEYS = frozenset({
 })
 
 
+# Keys added to RunConfig after runs were written (run folders, finished sweep cells, cached
+# surrogates and priors), each with the value that computes what the code before it computed (its
+# default: a new key must default to the old behaviour). A saved config without such a key is the
+# same run as one holding that value (``engine.trainer.config_diff``), and :func:`result_keys`
+# leaves such a key out while it holds that value, so cache keys made before the key existed still
+# find their entries.
+LATER_KEYS: Dict[str, Any] = {
+    "optim.warmup_start": OptimConfig.warmup_start,
+    **{f"fast.{f.name}": f.default for f in dataclasses.fields(FastConfig)},
+}
+
+
+def is_later_default(key: str, value: Any) -> bool:
+    """True when dotted ``key`` is one of :data:`LATER_KEYS` and ``value`` is its old-behaviour value."""
+    if key not in LATER_KEYS:
+        return False
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731  (JSON gives lists)
+    return norm(value) == norm(LATER_KEYS[key])
+
+
 def flat_dict(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     """A nested dict as ``{"a.b.c": value}``."""
     out: Dict[str, Any] = {}
@@ -326,8 +373,10 @@ def flat_dict(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def result_keys(cfg: Any) -> Dict[str, Any]:
-    """The flat config minus :data:`RESULT_FREE_KEYS`: what a cache key of a trained model hashes."""
-    return {k: v for k, v in flat_dict(to_dict(cfg)).items() if k not in RESULT_FREE_KEYS}
+    """The flat config minus :data:`RESULT_FREE_KEYS` and minus the :data:`LATER_KEYS` at their
+    old-behaviour values: what a cache key of a trained model hashes."""
+    return {k: v for k, v in flat_dict(to_dict(cfg)).items()
+            if k not in RESULT_FREE_KEYS and not is_later_default(k, v)}
 
 
 def set_default(cfg: Any, user, key: str, value: Any) -> None:

@@ -41,6 +41,7 @@ UNITS: Dict[str, str] = {
     # optim
     "optim.lr": "lr", "optim.momentum": "", "optim.weight_decay": "",
     "optim.milestones": "fraction of run", "optim.gamma": "× lr", "optim.warmup_epochs": "epochs",
+    "optim.warmup_start": "× lr",
     "optim.group_lr": "× lr", "optim.grad_clip": "L2 norm",
     # train
     "train.epochs": "epochs", "train.batch_size": "images", "train.eval_batch_size": "images",
@@ -66,6 +67,10 @@ UNITS: Dict[str, str] = {
     "reg.cutout_size": "pixels", "reg.mixup_alpha": "Beta α", "reg.cutmix_alpha": "Beta α",
     "reg.cutmix_p": "probability", "reg.randaugment_n": "ops", "reg.randaugment_m": "magnitude (0-30)",
     "reg.blur_sigma": "pixels", "reg.blur_kernel": "pixels",
+    # fast
+    "fast.whiten_images": "images", "fast.whiten_eps": "variance", "fast.whiten_bias_epochs": "epochs",
+    "fast.bn_momentum": "", "fast.bn_bias_lr": "× lr", "fast.label_smoothing": "probability",
+    "fast.lookahead_every": "steps", "fast.lookahead_decay": "",
 }
 
 # Protection configs are smaller and share names; a unit by field name (last part of the key).

@@ -229,7 +229,8 @@ class STHook(TrainHook):
         o = tr.cfg.optim
         if self.finetune and t >= self.T:
             return self.s.finetune_lr * lr_factor("cosine", t - self.T, tr.cfg.train.epochs - self.T)
-        return o.lr * lr_factor(o.schedule, t, self.T, warmup=o.warmup_epochs, milestones=o.milestones, gamma=o.gamma)
+        return o.lr * lr_factor(o.schedule, t, self.T, warmup=o.warmup_epochs, milestones=o.milestones, gamma=o.gamma,
+                                warmup_start=o.warmup_start)
 
     def on_epoch_start(self, tr, epoch: int) -> None:
         if self.finetune and epoch == self.T and not self.state["finetuning"]:

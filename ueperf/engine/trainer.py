@@ -30,10 +30,11 @@ import torch.nn.functional as F
 
 from .. import __version__
 from .. import parallel
-from ..config import RESULT_FREE_KEYS, RunConfig, from_dict, to_dict
+from ..config import RESULT_FREE_KEYS, RunConfig, from_dict, is_later_default, to_dict
 from ..errors import ConfigError, DataError, TrainingDiverged, UeperfError
 from ..files import clean_leftovers_in, hold, write_json_atomic
 from ..reports.records import RecordWriter
+from . import fast
 from .checkpoint import load_checkpoint, save_checkpoint
 from .hooks import TrainerView, TrainHook, epoch_generator
 from ..precision import autocast, resolve_precision
@@ -50,13 +51,19 @@ def seed_everything(seed: int) -> None:
 
 def config_diff(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
     """``key: saved vs now`` for every dotted key whose value differs, except the keys that say how
-    a run executes rather than what it computes (:data:`ueperf.config.RESULT_FREE_KEYS`)."""
+    a run executes rather than what it computes (:data:`ueperf.config.RESULT_FREE_KEYS`). A key (or
+    section) the saved config ``a`` lacks because it was added to the code later counts as equal
+    while ``b`` holds its old-behaviour value (:data:`ueperf.config.LATER_KEYS`)."""
     out = []
     for k in sorted(set(a) | set(b)):
         key = f"{prefix}{k}"
         va, vb = a.get(k), b.get(k)
+        if k not in a and isinstance(vb, dict):  # a section added after the run was saved
+            va = {}
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_diff(va, vb, key + ".")
+        elif k not in a and is_later_default(key, vb):
+            continue
         elif (list(va) if isinstance(va, (list, tuple)) else va) != (list(vb) if isinstance(vb, (list, tuple)) else vb):
             if key not in RESULT_FREE_KEYS:
                 out.append(f"{key}: {va!r} (saved) vs {vb!r} (now)")
@@ -292,6 +299,7 @@ class Trainer:
         if cfg.train.channels_last and cfg.parallel.backend != "deepspeed":
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self._setup_fast_model()
 
         self.group_lr = list(cfg.optim.group_lr)
         for h in self.hooks:  # paradigms: freeze groups, set per-group multipliers
@@ -299,7 +307,10 @@ class Trainer:
 
         # ── optimiser: one param group per layer group, lr = base · schedule · multiplier ──
         self.param_groups = build_param_groups(model, self.group_lr)
-        opt = torch.optim.SGD(self.param_groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+        # fast.bn_bias_lr / fast.whiten move some parameters to groups of their own, appended after
+        # these; each optimiser group's lr follows its rule (owner group, scale, end epoch)
+        opt_groups, self._lr_rules = fast.optimizer_groups(model, self.param_groups, cfg.fast, cfg.optim.weight_decay)
+        opt = torch.optim.SGD(opt_groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                               weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
         self.lr_mult = [g["mult"] for g in self.param_groups]
         use_ds_bf16 = cfg.parallel.backend == "deepspeed" and self.dtype == torch.bfloat16
@@ -323,8 +334,15 @@ class Trainer:
         self.augmenter = Augmenter.from_config(cfg.augment)
 
         self.start_epoch = 0
+        self._fast_state: Optional[Dict[str, Any]] = None
         if self.resume:
             self._load_resume_state()
+        self.lookahead: Optional[fast.Lookahead] = None
+        if cfg.fast.lookahead:  # after the whitening and any resume: the slow copy starts from the model
+            self.lookahead = fast.Lookahead(self.model, cfg.fast.lookahead_every, cfg.fast.lookahead_decay,
+                                            cfg.train.epochs * len(self.train_loader))
+            if self._fast_state is not None and self._fast_state.get("lookahead") is not None:
+                self.lookahead.load_state_dict(self._fast_state["lookahead"])
         from ..reports.runinfo import describe_run, register_run  # the title of every figure of this run
         register_run(self.run_dir, describe_run(to_dict(cfg), self.store.manifest, run_dir=self.run_dir,
                                                 group_names=[g["name"] for g in self.param_groups]))
@@ -375,6 +393,24 @@ class Trainer:
             from ..data.store import Split
             split = Split(x=new, y=split.y, name=split.name, store_path=None)
         return split
+
+    def _setup_fast_model(self) -> None:
+        """The model side of ``cfg.fast`` (:mod:`ueperf.engine.fast`), before the paradigm's hooks and
+        the optimiser: BatchNorm momentum, identity init, the whitening layer frozen, and — for a
+        fresh run that starts from random weights — fitted to the training images (training split
+        only, after any hook's image transform, through the evaluation transform). A resumed run
+        takes these weights from its checkpoint instead. Done before the model is wrapped, so DDP
+        hands rank 0's result to every rank."""
+        f = self.cfg.fast
+        self.whitening: Optional[Dict[str, Any]] = None  # what fit_whitening measured (fresh runs)
+        pretrained = bool(self.cfg.model.pretrained)
+        fast.prepare_model(self.model, f, pretrained=pretrained)
+        fresh = not (self.resume and self._checkpoint_path().exists())
+        if f.whiten and fresh and not pretrained:
+            from ..augment.pipeline import Augmenter
+            transform = Augmenter.from_config(self.cfg.augment).eval_transform
+            self.whitening = fast.fit_whitening(fast.whitening_layer(self.model), self.train_split.x, transform,
+                                                eps=f.whiten_eps, n_images=f.whiten_images, seed=self.cfg.train.seed)
 
     @staticmethod
     def _validate(cfg: RunConfig) -> None:
@@ -456,6 +492,7 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
         self.records = list(state["records"])
         self.lr_mult = list(state.get("lr_mult", self.lr_mult))
+        self._fast_state = state.get("fast")
         for h, hs in zip(self.hooks, state.get("hooks", [])):
             h.load_state_dict(hs)
 
@@ -467,11 +504,14 @@ class Trainer:
             parallel.barrier(self.ctx)
         if not self.ctx.is_main:
             return
-        save_checkpoint(self._checkpoint_path(), {
+        state = {
             "epoch": epoch, "trainer": None if tag else self.wrapped.state_dict(), "deepspeed_tag": tag,
             "records": self.records,
             "lr_mult": self.lr_mult, "hooks": [h.state_dict() for h in self.hooks],
-            "config": json.dumps(to_dict(self.cfg))})
+            "config": json.dumps(to_dict(self.cfg))}
+        if self.lookahead is not None:  # the engine's own state (hooks' states are aligned with the hooks)
+            state["fast"] = {"lookahead": self.lookahead.state_dict()}
+        save_checkpoint(self._checkpoint_path(), state)
         if tag:  # checkpoint.pt now points at `tag`: older DeepSpeed tags are garbage
             import shutil
             for old in (self.run_dir / "deepspeed").glob("epoch*"):
@@ -486,7 +526,7 @@ class Trainer:
         """Base lr × the config's schedule at fractional epoch t (a multiplier-1 group's lr)."""
         o = self.cfg.optim
         return o.lr * lr_factor(o.schedule, t, self.cfg.train.epochs, warmup=o.warmup_epochs,
-                                milestones=o.milestones, gamma=o.gamma)
+                                milestones=o.milestones, gamma=o.gamma, warmup_start=o.warmup_start)
 
     def set_lr(self, t: float) -> None:
         lr = None
@@ -496,8 +536,10 @@ class Trainer:
                 break
         if lr is None:
             lr = self.scheduled_lr(t)
-        for g, m in zip(self.wrapped.param_groups, self.lr_mult):
-            g["lr"] = lr * m
+        # rule of optimiser group i: (owner layer group j, scale, end epoch); (i, 1, None) unless
+        # cfg.fast split groups off (engine.fast.optimizer_groups)
+        for g, (j, scale, until) in zip(self.wrapped.param_groups, self._lr_rules):
+            g["lr"] = 0.0 if until is not None and t >= until else lr * self.lr_mult[j] * scale
 
     def train_epoch(self, epoch: int) -> Dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
@@ -518,6 +560,7 @@ class Trainer:
         t0 = self._epoch_t0 = time.perf_counter()
         checked = 0
         self._end_epoch = False
+        smoothing = float(cfg.fast.label_smoothing)
         for step, (xb, yb, ib) in enumerate(self.train_loader):
             self.set_lr(epoch + step / n_steps)
             x = self.augmenter(xb, generator=gen, out_dtype=self.input_dtype)
@@ -532,8 +575,11 @@ class Trainer:
                     if loss is not None:
                         break
                 if loss is None:
-                    loss = F.cross_entropy(logits.float(), y)
+                    loss = (F.cross_entropy(logits.float(), y, label_smoothing=smoothing) if smoothing
+                            else F.cross_entropy(logits.float(), y))
             self.wrapped.backward_step(loss, cfg.optim.grad_clip)
+            if self.lookahead is not None:
+                self.lookahead.after_step(epoch * n_steps + step + 1)
             losses[step] = loss.detach()
             if y.dim() == 1:  # hard labels (mixup-style hooks give soft ones: no accuracy for those)
                 correct += (logits.detach().argmax(1) == y).sum()
@@ -620,15 +666,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader=None) -> Dict[str, float]:
-        """Clean accuracy and loss over a loader (default: the test set), summed over ranks."""
+        """Clean accuracy and loss over a loader (default: the test set), summed over ranks; with
+        ``fast.tta`` the logits are averaged over the test-time views (engine.fast.tta_logits)."""
         loader = loader if loader is not None else self.test_loader
         self.model.eval()
         ctx = self.ctx
+        tta = self.cfg.fast.tta
         acc = torch.zeros(3, device=ctx.device, dtype=torch.float64)
         for xb, yb, _ in loader:
             x = self.augmenter.eval_transform(xb, out_dtype=self.input_dtype)
             with self._autocast():
-                logits = self.eval_model(x)
+                logits = self.eval_model(x) if tta == "none" else fast.tta_logits(self.eval_model, x, tta)
             acc[0] += F.cross_entropy(logits.float(), yb, reduction="sum").double()
             acc[1] += (logits.argmax(1) == yb).sum()
             acc[2] += yb.shape[0]

@@ -1,7 +1,7 @@
 """Every value of a run's config that can divide, index or loop, checked before anything runs.
 
 :func:`check_run_config` covers the engine's sections (data, model, augment, optim, train,
-parallel); each countermeasure checks its own options (``Countermeasure.check``), and
+parallel, fast); each countermeasure checks its own options (``Countermeasure.check``), and
 ``countermeasures.build_hooks`` runs both, so ``python -m ueperf.train``, the sweep's up-front
 validation and the trainer itself refuse a bad value with a ConfigError naming the key — before a
 run folder is written or an epoch is spent (``train.eval_every=0`` used to fail after a full epoch).
@@ -13,6 +13,7 @@ from typing import Any, List, Tuple
 
 from ..errors import ConfigError, require
 from ..precision import PRECISIONS
+from .fast import check as fast_checks
 from .schedule import SCHEDULES
 
 LOADERS = ("auto", "gpu", "cpu", "ffcv")                  # data.loader (ueperf.data.loaders.BACKENDS)
@@ -61,6 +62,8 @@ def _checks(cfg: Any) -> List[Tuple[bool, str]]:
          f"optim.milestones={tuple(o.milestones)}: fractions of the run, each in [0, 1]"),
         (_finite(o.gamma) and o.gamma > 0, f"optim.gamma={o.gamma}: must be > 0 (multistep decay factor)"),
         (_finite(o.warmup_epochs) and o.warmup_epochs >= 0, f"optim.warmup_epochs={o.warmup_epochs}: must be >= 0"),
+        (_finite(o.warmup_start) and 0 <= o.warmup_start <= 1,
+         f"optim.warmup_start={o.warmup_start}: a fraction of the lr, must be in [0, 1]"),
         (all(_finite(v) and v >= 0 for v in o.group_lr),
          f"optim.group_lr={tuple(o.group_lr)}: multipliers must be >= 0"),
         (_finite(o.grad_clip) and o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip}: must be >= 0 (0 = off)"),
@@ -79,6 +82,8 @@ def _checks(cfg: Any) -> List[Tuple[bool, str]]:
         (p.backend in PARALLEL, f"parallel.backend={p.backend!r}: expected one of {', '.join(PARALLEL)}"),
         (p.zero_stage in (1, 2), f"parallel.zero_stage={p.zero_stage}: ueperf supports ZeRO stages 1 and 2"),
         (p.dist_backend in DIST, f"parallel.dist_backend={p.dist_backend!r}: expected one of {', '.join(DIST)}"),
+        # fast (the airbench techniques, engine.fast)
+        *fast_checks(cfg.fast, p.backend),
     ]
 
 

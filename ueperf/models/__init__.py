@@ -20,6 +20,7 @@ mobilenet_v2  cifar, imagenet    stem, 17 bottlenecks, conv_last, head → 20
 senet18       cifar, imagenet    stem, 8 SE residual blocks, head → 10
 vit_small     patch              embed (patch + pos + cls), 12 blocks, norm + head → 14
 cait_small    patch              embed, 24 SA blocks, 2 class-attention blocks, norm + head → 28
+fastnet       cifar              whitening conv, 3 conv blocks, head (airbench94) → 5
 ============  =================  ================================================
 
 Transformers have one stem, ``patch`` (``model.stem=auto`` picks it); their patch size follows
