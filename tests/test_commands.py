@@ -124,69 +124,69 @@ def test_protect_prints_a_train_command_that_runs_twice(tmp_path):
         assert f"outputs in runs/{expect}/ (" in t.stdout             # out_dir is relative: so is the folder
 
 
-def _interrupted(tmp_path, start, ready):
-    """Start ``start(epochs, cwd)``, send it SIGINT once ``ready(cwd)`` and return (epochs, cwd, stderr)
-    after checking it exited 130. A run that had already finished when the signal went out lost a race
-    on a machine too busy to run this test in time (seen once under load 6 on 2 cores): it is tried once
-    more, 10× longer — a run that ignores SIGINT still fails both tries."""
-    for attempt, epochs in enumerate((40, 400)):
-        cwd = tmp_path / f"try{attempt}"
-        cwd.mkdir()
-        p = subprocess.Popen(start(epochs, cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=_env(tmp_path), cwd=cwd)
-        t0 = time.monotonic()
-        while not ready(cwd) and time.monotonic() - t0 < 240:
-            assert p.poll() is None, p.communicate()
-            time.sleep(0.05)
-        finished_first = p.poll() is not None
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=120)
-        if finished_first and p.returncode == 0 and attempt == 0:
-            continue
-        assert p.returncode == 130, err[-3000:]
-        return epochs, cwd, err
-    raise AssertionError("the run finished before SIGINT twice, the second time with 400 epochs")
+def _ctrl_c_able():
+    """preexec_fn of a command the test will Ctrl-C: SIGINT back to its default. A command started
+    from a background job of a non-interactive shell (``bash -c '... &'``, nohup, some CI runners)
+    inherits SIGINT *ignored* — through pytest, its workers and every process they start — and a
+    Python that starts with SIGINT ignored keeps ignoring it: the run would finish instead of stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _wait_for(path: Path, proc, lines=1, timeout=240.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if path.is_file() and len(path.read_text().splitlines()) >= lines:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not get {lines} line(s) in {timeout} s")
 
 
 def test_train_interrupted_prints_a_resume_command_that_finishes_the_run(tmp_path):
-    def start(epochs, cwd):
-        return [sys.executable, "-m", "ueperf.train", "--recipe", "synthetic_smoke",
-                *_sets([*SMALL, f"train.epochs={epochs}", "train.progress=false"])]
-
-    def records(cwd):
-        return cwd / "runs" / "synthetic_smoke" / "records.jsonl"
-
-    epochs, cwd, err = _interrupted(tmp_path, start, lambda cwd: records(cwd).is_file() and
-                                    len(records(cwd).read_text().splitlines()) >= 1)
+    argv = [sys.executable, "-m", "ueperf.train", "--recipe", "synthetic_smoke",
+            *_sets([*SMALL, "train.epochs=40", "train.progress=false"])]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
+                         cwd=tmp_path, preexec_fn=_ctrl_c_able)
+    records = tmp_path / "runs" / "synthetic_smoke" / "records.jsonl"
+    _wait_for(records, p)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-3000:]
     assert err.splitlines()[0] == "run folder: runs/synthetic_smoke/"   # first, also with train.progress=false
     command = _line(err, r"^ueperf: interrupted\. Continue the run with: (.*)$")
     assert command == "python3 -m ueperf.train --resume runs/synthetic_smoke"      # run from the same folder
-    r = subprocess.run(_as_printed(command), capture_output=True, text=True, env=_env(tmp_path), cwd=cwd, timeout=300)
+    r = _run(tmp_path, _as_printed(command))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert [json.loads(x)["epoch"] for x in records(cwd).read_text().splitlines()] == list(range(1, epochs + 1))
+    assert [json.loads(x)["epoch"] for x in records.read_text().splitlines()] == list(range(1, 41))
 
 
 def test_sweep_prints_a_continue_command_that_reuses_its_folder(tmp_path):
-    def start(epochs, cwd):
-        return [sys.executable, "-m", "ueperf.sweep", "--dataset", "synthetic", "--data", "synthetic_train=128",
-                "--data", "synthetic_test=32", "--data", "synthetic_size=16", "--recipe", "synthetic_smoke",
-                "--protections", "clean", "--seeds", "0,1", "--quiet",
-                *_sets([f"train.epochs={epochs}", "train.batch_size=64", "train.threads=1"])]
-
-    epochs, cwd, err = _interrupted(tmp_path, start, lambda cwd: bool(list(cwd.glob("sweeps/*/runs/*/records.jsonl"))))
-    (folder,) = list((cwd / "sweeps").iterdir())
+    argv = [sys.executable, "-m", "ueperf.sweep", "--dataset", "synthetic", "--data", "synthetic_train=128",
+            "--data", "synthetic_test=32", "--data", "synthetic_size=16", "--recipe", "synthetic_smoke",
+            "--protections", "clean", "--seeds", "0,1", "--quiet",
+            *_sets(["train.epochs=30", "train.batch_size=64", "train.threads=1"])]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
+                         cwd=tmp_path, preexec_fn=_ctrl_c_able)
+    t0 = time.monotonic()
+    while not list(tmp_path.glob("sweeps/*/runs/*/records.jsonl")) and time.monotonic() - t0 < 240:
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-3000:]
+    (folder,) = list((tmp_path / "sweeps").iterdir())
     started = _line(err, r"^sweep folder: \S+ \(continue or redraw it later with: (.*)\)$")
     hint = _line(err, r"^ueperf: interrupted\. Continue the sweep with: (.*?)  \(finished cells")
     assert started == hint and hint.endswith(f"--out {shlex.quote(str(folder))}")
     assert "expected cost of the sweep (inline launcher)" in err
     assert "run folder:" not in err                                 # --quiet: its cells say nothing
-    r = subprocess.run(_as_printed(hint), capture_output=True, text=True, env=_env(tmp_path), cwd=cwd, timeout=600)
+    r = _run(tmp_path, _as_printed(hint), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "run folder:" not in r.stderr
-    assert list((cwd / "sweeps").iterdir()) == [folder]             # continued, not a new sweep
+    assert list((tmp_path / "sweeps").iterdir()) == [folder]        # continued, not a new sweep
     for seed in (0, 1):
         recs = (folder / "runs" / f"clean__fs__nt__s{seed}" / "records.jsonl").read_text().splitlines()
-        assert [json.loads(x)["epoch"] for x in recs] == list(range(1, epochs + 1))
+        assert [json.loads(x)["epoch"] for x in recs] == list(range(1, 31))
 
 
 def test_sweep_dry_run_prints_a_first_cell_that_runs_as_printed(tmp_path):
