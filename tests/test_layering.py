@@ -7,10 +7,11 @@ lower one, lazily or not (an arrow up is a design error, not a style question):
     1  kernels, models, metrics, parallel, reports     leaves with one job each
     2  data, augment                                   images at rest and their transforms
     3  engine                                          the one training loop, the one PGD
-    4  paradigms, countermeasures, protections         the methods
+    4  paradigms, countermeasures, protections,        the methods
+       detection
     5  recipes                                         experiments as configs
     6  train, protect, calibrate, prior, grid, launch, sweep, cli,  the CLIs and the wiring
-       listing, report
+       listing, report, detect
 
 and further:
 
@@ -92,10 +93,10 @@ LAYERS = {
     "kernels": 1, "models": 1, "metrics": 1, "parallel": 1, "reports": 1,
     "data": 2, "augment": 2,
     "engine": 3,
-    "paradigms": 4, "countermeasures": 4, "protections": 4,
+    "paradigms": 4, "countermeasures": 4, "protections": 4, "detection": 4,
     "recipes": 5,
     "train": 6, "protect": 6, "calibrate": 6, "prior": 6, "grid": 6, "sweep": 6, "cli": 6, "clean": 6, "launch": 6,
-    "listing": 6, "report": 6,
+    "listing": 6, "report": 6, "detect": 6,
 }
 
 

@@ -19,6 +19,8 @@ layer group       one of a model's ordered parameter groups, shallow → deep (s
                   per-group learning rates and freezing act on these.
 store             uint8 images on disk (memory-mapped arrays) plus a manifest; clean and protected
                   datasets alike.
+detection         telling from a training set alone (no clean reference) whether it is protected,
+                  and which samples: ``python -m ueperf.detect`` (docs/methods.md §9).
 
 Documentation: ``docs/methods.md`` is the method reference (algorithms, defaults and their sources,
 what was measured); every "§N.M" or "spec §N.M" in the docstrings, comments and messages of this
