@@ -8,8 +8,7 @@
 ``run`` sweeps (python -m ueperf.sweep, one process per dataset, 1 thread each; reruns reuse
 finished cells) the victims of the ST claims on the CIFAR-10 subset (5,438 images) and on 10
 classes of tiny-imagenet-100 at 32 px: rows clean / random / EM, columns nt, nt_cg, st, st_cg,
-st_full, iss_jpeg and (CIFAR) ueraser_lite (~6 min a cell on this CPU; add it to tiny with
---countermeasures in the sweep command ``print`` shows), seeds 0-2 — then ST-CG on the CIFAR EM
+st_full, iss_jpeg and ueraser_lite (the CPU-sized UEraser, ~6 min a cell on this CPU), seeds 0-2 — then ST-CG on the CIFAR EM
 row under each alternative the implementation keeps (trigger, check interval, damping, rollback
 depth, the paper's base lr, the reference window), and the 20-clean-image calibration of spec
 §4.7 (``python -m ueperf.calibrate``, one per seed on that seed's EM store: jump ratio × α, the
@@ -67,7 +66,7 @@ def _sweeps(data: Path, work: Path) -> Dict[str, List[str]]:
             "--data", "classes=0:10", "--data", "image_size=32"]
     out = {"cifar": cifar + ["--protections", ROWS, "--countermeasures", ",".join(COLUMNS + ["ueraser_lite"]),
                              "--seeds", SEEDS] + em + vic + ["--out", str(work / "cifar")],
-           "tiny": tiny + ["--protections", ROWS, "--countermeasures", ",".join(COLUMNS),
+           "tiny": tiny + ["--protections", ROWS, "--countermeasures", ",".join(COLUMNS + ["ueraser_lite"]),
                            "--seeds", SEEDS] + em + vic + ["--out", str(work / "tiny")]}
     for i, (name, sets) in enumerate(ABLATIONS.items()):
         out[f"ablation{i}"] = cifar + ["--protections", "em", "--countermeasures", "st_cg", "--seeds", SEEDS] + em + vic + \

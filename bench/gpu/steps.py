@@ -436,6 +436,45 @@ def step_st(p, R, dev):
            f"{recipe_epochs} x st_cg epoch + {finetune} fine-tune epochs x nt_cg epoch (no early stop assumed).")
 
 
+def step_fast(p, R, dev):
+    """The fast victim (recipe fast_victim, airbench94's techniques) on 50,000 synthetic CIFAR-shaped
+    images: Trainer.fit for a few epochs (whitening fit, training, TTA test pass, checkpoint), the
+    steady epoch time, one run and a 10 x 8 grid of them projected (issue: "a 10 x 8 grid in <= 10 min
+    on one H100"). Synthetic data: the time, not the accuracy, is measured here."""
+    from ueperf.countermeasures import build_hooks
+    from ueperf.data.sources.synthetic import generate
+    from ueperf.engine.trainer import Trainer
+    from ueperf.recipes import build
+    work = Path(p["work"])
+    K = 10
+    x, y = generate(p["n"], K, p["size"], 0)
+    tx, ty = generate(p["n_test"], K, p["size"], 1)
+    store = make_store(work / "fast_store", x, y, tx, ty, K, "gpu-suite synthetic")
+    sets = [f"train.epochs={p['epochs']}", "train.progress=false", f"train.device={dev}", *p.get("sets", [])]
+    cfg = build("fast_victim", sets)
+    recipe_epochs = build("fast_victim", []).train.epochs
+    reset_peak(dev)
+    t0 = time.perf_counter()
+    with Trainer(cfg, hooks=build_hooks(cfg), store=store, run_dir=work / "fast_victim") as tr:
+        setup_s = time.perf_counter() - t0          # data on the device, model, whitening fit
+        tr.fit()
+        recs = list(tr.records)
+    total_s = time.perf_counter() - t0
+    el = [r["elapsed_s"] for r in recs]
+    epoch_s = [b - a for a, b in zip([0.0] + el[:-1], el)]
+    steady = statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
+    run_s = setup_s + epoch_s[0] + (recipe_epochs - 1) * steady
+    R.table("fast victim epochs", ["epoch", "epoch_s", "train_s", "img_s"],
+            [{"epoch": r["epoch"], "epoch_s": e, "train_s": r["train_time_s"], "img_s": r["images_per_s"]}
+             for r, e in zip(recs, epoch_s)])
+    R.fig(fast_setup_s=setup_s, fast_first_epoch_s=epoch_s[0], fast_epoch_s=steady, fast_measured_total_s=total_s,
+          fast_img_s=statistics.median(r["images_per_s"] for r in recs[1:] or recs), recipe_epochs=recipe_epochs,
+          fast_run_projected_s=run_s, grid_10x8_projected_s=80 * run_s, fast_peak_gpu_gib=peak_gib(dev))
+    R.note(f"One fast_victim run = setup (store on the device, model, whitening fit) + first epoch + "
+           f"{recipe_epochs - 1} x the median later epoch (training + TTA test pass + checkpoint); a 10 x 8 "
+           f"grid = 80 such runs one after another (no protection crafting, no overlap).")
+
+
 # ───────────────────────────────────────────── profiler ──
 ANNOTATIONS = ("ueperf_epoch",)
 SYNC_NAMES = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
@@ -553,7 +592,7 @@ def step_kernel_tests(p, R, dev):
     _pytest(p, R, ["tests/kernels"])
 
 
-STEPS = {"env": step_env, "train": step_train, "kernels": step_kernels, "acm": step_acm, "em": step_em,
+STEPS = {"env": step_env, "train": step_train, "kernels": step_kernels, "acm": step_acm, "em": step_em, "fast": step_fast,
          "st": step_st, "profile": step_profile, "gpu_tests": step_gpu_tests, "kernel_tests": step_kernel_tests}
 
 
