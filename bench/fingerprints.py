@@ -103,6 +103,9 @@ def trainings(work: Path) -> dict:
         recs = [json.loads(line) for line in (work / "runs" / f"{cm}-{par}" / "records.jsonl").read_text().splitlines()]
         keep = [{k: v for k, v in r.items() if k not in ("images_per_s", "train_time_s", "elapsed_s", "acm_ms")}
                 for r in recs]
+        for r in keep:  # ST's per-check records carry the ACM's wall time too: not a number of the run
+            if isinstance(r.get("st_checks"), list):
+                r["st_checks"] = [{k: v for k, v in c.items() if k != "acm_ms"} for c in r["st_checks"]]
         key = f"train/{cm}/{par}"
         out[key] = sha(json.dumps(keep, sort_keys=True).encode())
         print(f"{key}: {out[key]}", file=sys.stderr, flush=True)
