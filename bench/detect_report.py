@@ -3,6 +3,7 @@
     python bench/detect_report.py --protected STORE [STORE ...] --clean STORE [STORE ...]
         [--methods linear_fit,loss_dynamics,iterative_filtering] [--seeds 0,1,2]
         [--set METHOD.KEY=VALUE ...] [--device auto] [--out bench/results/detect_<hardware>_<date>.md]
+    python bench/detect_report.py --merge A.json B.json [...] --out REPORT.md   # one report from several runs
 
 Stores are folders: protected stores made by ``python -m ueperf.protect`` (any method, any
 ``--ratio``: each records which samples it protected) and clean stores (a cached source store, or
@@ -19,11 +20,14 @@ A clean store's row is the calibration check: its verdict should read 0/n and it
 low at your data's scale (the methods' thresholds were set on small synthetic sets; docs/methods.md
 §9.4). The Markdown goes to ``--out`` (default ``bench/results/detect_<hardware>_<date>.md``), every
 value to the ``.json`` beside it. Cost: loss_dynamics trains 3 small CNNs × 8 epochs per store and
-seed; the linear methods take seconds to minutes (one pass per GD step over the set).
+seed; the linear methods take seconds to minutes (one pass per GD step over the set). To use more
+cores, give each process a share of the stores (one torch thread each: ``OMP_NUM_THREADS=1``) and
+its own ``--out``, then ``--merge`` their .json files into one report.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -77,7 +81,7 @@ def measure(paths: Sequence[str], methods: Dict[str, Any], seeds: Sequence[int],
     return out
 
 
-def report(recs: List[Dict[str, Any]], args, device) -> str:
+def report(recs: List[Dict[str, Any]], args, device, merged: Sequence[Sequence[str]] = ()) -> str:
     keys = []
     for r in recs:
         k = (r["method"], r["protection"], r["ratio"])
@@ -95,8 +99,9 @@ def report(recs: List[Dict[str, Any]], args, device) -> str:
                      fmt(col("detection_rate"), 100.0, 1, n), fmt(col("false_alarm_rate"), 100.0, 1, n),
                      fmt(col("auroc"), 1.0, 3, n), fmt(col("time_s"), 1.0, 1, n)])
     cmd = " ".join(["python", "bench/detect_report.py", *sys.argv[1:]])
+    runs = "".join(f"  \nfrom: `{' '.join(['python', 'bench/detect_report.py', *c[1:]])}`" for c in merged)
     lines = [f"# Detection of protected data: methods × protections ({time.strftime('%Y-%m-%d')})", "",
-             f"Command: `{cmd}`  ",
+             f"Command: `{cmd}`{runs}  ",
              f"Hardware: {hardware_name(device)}; {versions()}; {torch.get_num_threads()} torch thread(s)  ",
              f"Seeds: {', '.join(map(str, args.seed_list))} (mean ± std over seeds; the methods' seed; the stores are "
              f"fixed)", "",
@@ -126,17 +131,35 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--out", default="", help="report path (default bench/results/detect_<hardware>_<date>.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--merge", nargs="*", default=[], metavar="JSON",
+                   help="write one report from the .json files of earlier runs (nothing is measured)")
     args = p.parse_args(argv)
-    if not (args.protected or args.clean):
-        p.error("give at least one store (--protected STORE ... and/or --clean STORE ...)")
-    args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
-    methods = resolve_methods([m for m in args.methods.split(",") if m.strip()], args.overrides)
     device = resolve_device(args.device)
-    recs = measure([*args.protected, *args.clean], methods, args.seed_list, device, not args.quiet)
+    commands = [sys.argv]
+    if args.merge:
+        if args.protected or args.clean:
+            p.error("--merge reads finished runs: give no --protected/--clean stores with it")
+        recs, seeds = [], []
+        for j in args.merge:
+            try:
+                doc = json.loads(Path(j).read_text())
+            except (OSError, ValueError) as e:
+                p.error(f"--merge {j}: not a detect_report .json ({e})")
+            recs += doc["records"]
+            seeds += [s for s in doc["seeds"] if s not in seeds]
+            commands.append(doc["command"])
+        args.seed_list = seeds
+    else:
+        if not (args.protected or args.clean):
+            p.error("give at least one store (--protected STORE ... and/or --clean STORE ...)")
+        args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+        methods = resolve_methods([m for m in args.methods.split(",") if m.strip()], args.overrides)
+        recs = measure([*args.protected, *args.clean], methods, args.seed_list, device, not args.quiet)
     out = Path(args.out) if args.out else result_path("detect", device)
-    write_text_atomic(out, report(recs, args, device))
+    write_text_atomic(out, report(recs, args, device, commands[1:]))
     write_json_atomic(out.with_suffix(".json"), {"command": sys.argv, "hardware": hardware_name(device),
-                                                 "cpu": cpu_name(), "seeds": args.seed_list, "records": recs})
+                                                 "cpu": cpu_name(), "seeds": args.seed_list, "records": recs,
+                                                 **({"merged": commands[1:]} if args.merge else {})})
     print(f"report: {out} (values: {out.with_suffix('.json')})")
     return 0
 

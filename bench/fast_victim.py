@@ -1,6 +1,7 @@
 """The fast victim against itself without each of its techniques, and against the standard recipe.
 
     python bench/fast_victim.py --quick --seeds 0        # a smoke-sized run (~5 min on 2 busy CPU cores)
+    python bench/fast_victim.py --cpu --seeds 0,1,2      # CPU-sized victims on 2,000 images (~15 min on 2 cores)
     python bench/fast_victim.py --seeds 0,1,2            # the full comparison (GPU-sized: use a GPU)
     python bench/fast_victim.py --seeds 0,1,2 --device cuda --set train.compile=true
 
@@ -20,8 +21,10 @@ Reported per arm: clean test accuracy (final epoch) mean ± sample std over seed
 per run (the whole ``train()`` call: model, whitening, epochs, evaluation, files) mean ± std, plus
 the trainer's own training+evaluation time. Every value is the paper's (no tuning here, on the test
 set or elsewhere); ``--quick`` shrinks the runs (width, epochs, images: see ``QUICK``) to check the
-script, not to measure. Runs are kept in ``--work`` (a rerun reuses finished ones); the report goes
-to bench/results/fast_victim[_quick]_<hardware>_<date>.md.
+script, not to measure; ``--cpu`` measures the CPU-sized victims of ``bench/proxy_validity.py``
+(fastnet w0.25, batch 256, lr scaled by rule; see ``CPU``). Runs are kept in ``--work`` (a rerun
+reuses finished ones; two processes with different ``--seeds`` can fill it side by side); the
+report goes to bench/results/fast_victim[_quick|_cpu]_<hardware>_<date>.md.
 """
 from __future__ import annotations
 
@@ -59,15 +62,24 @@ QUICK = ["data.train_limit=2048", "data.test_limit=500"]
 QUICK_FAST = ["model.width=0.25", f"train.epochs={QUICK_EPOCHS}", "train.batch_size=512",
               f"optim.warmup_epochs={0.2 * QUICK_EPOCHS:g}", f"fast.whiten_bias_epochs={0.3 * QUICK_EPOCHS:g}"]
 QUICK_REF = ["train.epochs=2"]
+# --cpu: the CPU-sized victims of bench/proxy_validity.py, one CPU thread each, ~17 s per run here:
+# 2,000 training images, all 1,017 test images, evaluated after the last epoch; fastnet at width
+# 0.25 with batch 256 (the recipe's 1,024 would be 2 steps per epoch) and its lr scaled linearly
+# (1.5 × 256 / 1,024), 10 epochs; the reference at 8 epochs (the same CPU time per run)
+CPU = ["data.train_limit=2000", "train.eval_every=1000"]
+CPU_FAST = ["model.width=0.25", "train.batch_size=256", "optim.lr=0.375"]
+CPU_REF = ["train.epochs=8"]
 
 
-def arm_sets(arm: str, quick: bool, extra: Sequence[str]) -> List[str]:
+def arm_sets(arm: str, quick: bool, extra: Sequence[str], cpu: bool = False) -> List[str]:
     recipe, sets, _ = ARMS[arm]
     out = list(sets)
     if quick:
         out = QUICK + (QUICK_FAST if recipe == "fast_victim" else QUICK_REF) + out
         if recipe == "fast_victim" and "optim.warmup_epochs=0" in sets:
             out = [s for s in out if not s.startswith("optim.warmup_epochs=")] + ["optim.warmup_epochs=0"]
+    elif cpu:
+        out = CPU + (CPU_FAST if recipe == "fast_victim" else CPU_REF) + out
     return out + list(extra)
 
 
@@ -79,7 +91,7 @@ def run_arm(arm: str, seed: int, args, data_root: Path, work: Path) -> Dict:
     from ueperf.engine.trainer import Trainer
     from ueperf.recipes import build
     recipe = ARMS[arm][0]
-    sets = arm_sets(arm, args.quick, args.set) + [
+    sets = arm_sets(arm, args.quick, args.set, args.cpu) + [
         "data.dataset=cifar10", f"data.root={data_root}", f"data.cache_dir={work / 'cache'}",
         f"train.seed={seed}", f"train.device={args.device}", f"train.threads={args.threads}",
         "train.progress=false", f"out_dir={work / 'runs'}"]
@@ -114,12 +126,16 @@ def _ms(xs: Sequence[float], scale: float = 1.0, fmt: str = "{:.1f}") -> str:
 def report(results: Dict[str, List[Dict]], args, device, out: Path) -> str:
     seeds = [int(s) for s in args.seeds.split(",")]
     base = [r["final_test_acc"] for r in results["all"]]
-    lines = [f"# Fast victim: airbench94's techniques one by one{' (quick)' if args.quick else ''}", "",
+    lines = [f"# Fast victim: airbench94's techniques one by one"
+             f"{' (quick)' if args.quick else ' (CPU-sized)' if args.cpu else ''}", "",
              f"Command: `python bench/fast_victim.py {' '.join(sys.argv[1:])}`", "",
              f"Date: {today()}; hardware: {hardware_name(device)}; {versions()}; "
              f"torch threads: {args.threads or 'default'}; seeds {', '.join(map(str, seeds))}.", "",
              f"Data: the CIFAR-10 subset `{ARCHIVE}` (5,438 train / 1,017 test images)"
-             + (f"; quick: {', '.join(QUICK)}" if args.quick else "") + ". Clean test accuracy of the last epoch, "
+             + (f"; quick: {', '.join(QUICK)}" if args.quick else "")
+             + (f"; CPU-sized: {', '.join(CPU)}; fast victim {', '.join(CPU_FAST)} (lr = the recipe's 1.5 × 256 / "
+                f"1,024, the linear rule); reference {', '.join(CPU_REF)} (about the same CPU time per run)"
+                if args.cpu else "") + ". Clean test accuracy of the last epoch, "
              "mean ± sample std over seeds; wall time of the whole run (`train()`: model, whitening, epochs, "
              "evaluation, files) and the trainer's own epoch + evaluation time (`total_time_s`).", ""]
     if args.quick:
@@ -151,6 +167,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (one run per arm and seed)")
     p.add_argument("--quick", action="store_true", help="small runs that check the script (see QUICK)")
+    p.add_argument("--cpu", action="store_true", help="the CPU-sized victims of bench/proxy_validity.py (see CPU): "
+                   "a measurement on 2,000 images that a CPU finishes in minutes")
     p.add_argument("--arms", default="", help="comma-separated arms (default: all; --list shows them)")
     p.add_argument("--data", default=os.environ.get("UEPERF_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
                    help=f"folder holding {ARCHIVE} (default $UEPERF_SHARED_DATA or ../shared/data)")
@@ -170,7 +188,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"{data_root} not found: pass --data DIR (the folder holding {ARCHIVE})")
     device = pick_device(args.device)
     args.device = str(device)
-    stem = "fast_victim_quick" if args.quick else "fast_victim"
+    if args.quick and args.cpu:
+        raise SystemExit("--quick and --cpu: choose one (--quick checks the script, --cpu measures at CPU size)")
+    stem = "fast_victim_quick" if args.quick else "fast_victim_cpu" if args.cpu else "fast_victim"
     work = Path(args.work or f"~/.cache/ueperf/{stem}").expanduser()
     args.work = str(work)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] or list(ARMS)

@@ -368,6 +368,24 @@ def test_ueraser_max_loss_and_reproducible_draws():
     assert UEraserHook(cfg, "lite").repeats_at(0) == 1
 
 
+@pytest.mark.parametrize("cm", ["ueraser_lite", "ueraser", "trivialaugment", "randaugment", "autoaugment"])
+def test_pixel_space_ops_under_normalisation(cm):
+    """A recipe that normalises (the fast victim) gets the pixel-space ops on [0,1] pixels: the
+    hook's output on the normalised batch = normalise(its output on the pixels), same draws."""
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    x, y = _images(4, 16, 16), torch.tensor([0, 1, 2, 3])
+    plain = build("synthetic_smoke", ["ueraser.repeats=2", "ueraser.repeat_epochs=1"], countermeasure=cm)
+    normed = build("synthetic_smoke", ["ueraser.repeats=2", "ueraser.repeat_epochs=1", "augment.normalize=true"],
+                   countermeasure=cm)
+    want, wy = build_hooks(plain)[0].on_batch(_fake_trainer(plain), x, y, torch.arange(4))
+    got, gy = build_hooks(normed)[0].on_batch(_fake_trainer(normed), (x - m) / s, y, torch.arange(4))
+    assert torch.equal(gy, wy) and got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, (want - m) / s, atol=1e-5)
+    assert (got * s + m).min() >= -1e-5 and (got * s + m).max() <= 1 + 1e-5
+
+
 def test_ueraser_jpeg_variants():
     """append: JPEG-10 of U(x) (the UEraser repo); prepend: JPEG at a per-image quality in
     {10..100} before U (APBench). The codec is PIL's, as ISS's jpeg_u8 (byte-identical)."""
@@ -413,11 +431,8 @@ def test_registry_flags_and_combinations():
     ("iss_jpeg", ["iss.jpeg_quality=96"], "iss.jpeg_quality"),
     ("ueraser", ["ueraser.repeats=0"], "ueraser.repeats"),
     ("ueraser_max", ["ueraser.plasma_p=1.5"], "ueraser.plasma_p"),
-    ("ueraser_lite", ["augment.normalize=true"], "normalize"),
     ("ueraser_lite", ["ueraser.jpeg=before"], "ueraser.jpeg"),
     ("ueraser", ["ueraser.jpeg=append", "ueraser.jpeg_quality=0"], "ueraser.jpeg_quality"),
-    ("trivialaugment", ["augment.normalize=true"], "normalize"),
-    ("randaugment", ["augment.normalize=true"], "normalize"),
     ("randaugment", ["reg.randaugment_m=31"], "randaugment_m"),
     ("randaugment", ["reg.randaugment_n=0"], "randaugment_n"),
     ("mixup", ["reg.mixup_alpha=0"], "mixup_alpha"),

@@ -391,3 +391,19 @@ def test_a_run_made_before_the_keys_is_still_a_finished_sweep_cell_but_the_fast_
     apply_overrides(cfg, ["fast.label_smoothing=0.1"])     # a later key away from its default is a change
     with pytest.raises(ConfigError, match="fast.label_smoothing"):
         runner.finished(cell, cfg)
+
+
+@pytest.mark.parametrize("cm,paradigm", [("ueraser_lite", ""), ("ueraser", ""), ("nt", "ft")])
+def test_countermeasures_and_paradigms_keep_the_recipe_schedule(cm, paradigm):
+    """UEraser's and the pretrained paradigms' own defaults (200 / 30 epochs at lr 0.1, momentum 0.9)
+    replace the standard recipe's, not the fast victim's; --set still wins over both."""
+    from ueperf.recipes import build
+    sets = ["model.pretrained=x.pt"] if paradigm else []
+    fast = build("fast_victim", sets, countermeasure=cm, paradigm=paradigm or "fs")
+    base = build("fast_victim", [])
+    assert (fast.train.epochs, fast.optim.lr, fast.optim.momentum) == \
+        (base.train.epochs, base.optim.lr, base.optim.momentum) == (10, pytest.approx(1.5), 0.85)
+    std = build("cifar10_resnet18", sets, countermeasure=cm, paradigm=paradigm or "fs")
+    assert std.train.epochs in (200, 30) and std.optim.lr == 0.1
+    mine = build("fast_victim", sets + ["train.epochs=3", "optim.lr=0.2"], countermeasure=cm, paradigm=paradigm or "fs")
+    assert (mine.train.epochs, mine.optim.lr) == (3, 0.2)

@@ -32,6 +32,7 @@ from ..augment.policies import (NUM_BINS, auto_augment, cutmix, cutout, gaussian
                                 trivial_augment)
 from ..engine.hooks import TrainHook
 from ..errors import require
+from ..kernels.augment import norm_consts
 from . import COUNTERMEASURES, Countermeasure
 
 SALTS = {"cutout": 0xC07, "mixup": 0x31C, "cutmix": 0xC31, "randaugment": 0x2A4, "trivialaugment": 0x7A4,
@@ -44,18 +45,54 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-class BatchAugmentHook(TrainHook):
-    """Applies ``fn(hook, trainer, x, y, generator) -> (x, y)`` to every training batch."""
+class PixelSpace:
+    """Pixel-space ops (posterize, solarize, plasma, ...) under ``augment.normalize``: the batch
+    arrives normalised, ``(x − mean) / std`` per channel; :meth:`to_pixels` takes it back to
+    [0, 1] (clamped: crop, flip and CG keep pixels in [0, 1], so the clamp only absorbs float
+    rounding), the op runs there, and :meth:`from_pixels` normalises its output again. Without
+    normalisation both are the identity. So an op sees the same pixels whether or not the recipe
+    normalises (the fast victim does), and the model sees them as the recipe expects."""
 
-    def __init__(self, cfg: Any, name: str, fn, soft_labels: bool = False):
+    def __init__(self, cfg: Any):
+        a = cfg.augment
+        self.norm = norm_consts(a.mean, a.std) if a.normalize else None
+
+    def _consts(self, x: torch.Tensor):
+        mean, std = self.norm
+        shape = (1, -1, 1, 1)  # NCHW (a channels-last view)
+        return (torch.tensor(mean, dtype=torch.float32, device=x.device).view(shape),
+                torch.tensor(std, dtype=torch.float32, device=x.device).view(shape))
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is None:
+            return x
+        mean, std = self._consts(x)
+        return (x.float() * std + mean).clamp_(0.0, 1.0)
+
+    def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is None:
+            return x
+        mean, std = self._consts(x)
+        return (x.float() - mean) / std
+
+
+class BatchAugmentHook(TrainHook):
+    """Applies ``fn(hook, trainer, x, y, generator) -> (x, y)`` to every training batch; a
+    ``pixel_space`` op runs on [0, 1] pixels also when the recipe normalises (:class:`PixelSpace`)."""
+
+    def __init__(self, cfg: Any, name: str, fn, soft_labels: bool = False, pixel_space: bool = False):
         self.cfg = cfg
         self.name = name
         self.fn = fn
         self.soft_labels = soft_labels
+        self.pixels = PixelSpace(cfg) if pixel_space else None
 
     def on_batch(self, tr, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         gen = self.epoch_stream(tr, SALTS[self.name]) if self.name in SALTS else None  # (seed, epoch, rank)
-        out, y = self.fn(self, tr, x, y, gen)
+        xin = self.pixels.to_pixels(x) if self.pixels is not None else x
+        out, y = self.fn(self, tr, xin, y, gen)
+        if self.pixels is not None:
+            out = self.pixels.from_pixels(out)
         return out.to(x.dtype).contiguous(memory_format=torch.channels_last), y
 
     def loss(self, tr, logits: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
@@ -69,26 +106,22 @@ def _num_classes(tr) -> int:
 
 
 class _RegBase(Countermeasure):
-    pixel_space = False  # True: the op assumes [0,1] pixel inputs (refuses augment.normalize)
+    pixel_space = False  # True: the op works on [0,1] pixels (run there under augment.normalize: PixelSpace)
     soft_labels = False
 
     def _checks(self, cfg) -> list:
         return []
 
     def check(self, cfg) -> None:
-        checks = self._checks(cfg)
-        if self.pixel_space:
-            checks.append((not cfg.augment.normalize,
-                           f"{self.name} works on [0,1] pixel images (posterize, solarize, equalize, ...); "
-                           f"set augment.normalize=false"))
-        require(checks)
+        require(self._checks(cfg))
 
     @staticmethod
     def apply(hook, tr, x, y, gen):
         raise NotImplementedError
 
     def hooks(self, cfg) -> List[TrainHook]:
-        return [BatchAugmentHook(cfg, self.name, type(self).apply, soft_labels=self.soft_labels)]
+        return [BatchAugmentHook(cfg, self.name, type(self).apply, soft_labels=self.soft_labels,
+                                 pixel_space=self.pixel_space)]
 
 
 @COUNTERMEASURES.register("cutout")

@@ -36,6 +36,7 @@ from ..augment.squeeze import jpeg_batch
 from ..engine.hooks import TrainHook
 from ..errors import require
 from ..config import set_default
+from .regularize import PixelSpace
 from . import COUNTERMEASURES, Countermeasure
 
 SALT_UERASER = 0x0E5A
@@ -72,6 +73,7 @@ class UEraserHook(TrainHook):
         self.variant = variant
         self._gen_epoch: Optional[int] = None
         self._r = 1  # copies in the batch now in flight
+        self.pixels = PixelSpace(cfg)  # U works on [0,1] pixels, also when the recipe normalises
 
     def repeats_at(self, epoch: int) -> int:
         """R in epoch ``epoch`` (0-based)."""
@@ -88,8 +90,9 @@ class UEraserHook(TrainHook):
         if R > 1:
             x = x.repeat(R, 1, 1, 1)
             y = y.repeat(R) if y.dim() == 1 else y.repeat(R, 1)
-        out = ueraser_policy(x, plasma_p=self.c.plasma_p, shuffle_p=self.c.shuffle_p, generator=gen,
-                             jpeg=self.c.jpeg, jpeg_quality=self.c.jpeg_quality)
+        out = ueraser_policy(self.pixels.to_pixels(x), plasma_p=self.c.plasma_p, shuffle_p=self.c.shuffle_p,
+                             generator=gen, jpeg=self.c.jpeg, jpeg_quality=self.c.jpeg_quality)
+        out = self.pixels.from_pixels(out)
         return out.to(x.dtype).contiguous(memory_format=torch.channels_last), y
 
     def loss(self, tr, logits: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
@@ -124,10 +127,7 @@ class _UEraserBase(Countermeasure):
                (c.jpeg in JPEG_MODES, f"ueraser.jpeg={c.jpeg!r}: expected one of {', '.join(JPEG_MODES)} "
                                       f"(append = the UEraser repo's JPEG-10, prepend = APBench's random quality)"),
                (isinstance(c.jpeg_quality, int) and 1 <= c.jpeg_quality <= 100,
-                f"ueraser.jpeg_quality={c.jpeg_quality}: an integer JPEG quality in 1..100 (the repo uses 10)"),
-               (not cfg.augment.normalize,
-                f"{self.name} augments [0,1] pixel images (plasma, solarize, posterize, ...); set "
-                f"augment.normalize=false")]
+                f"ueraser.jpeg_quality={c.jpeg_quality}: an integer JPEG quality in 1..100 (the repo uses 10)")]
         require(bad)
 
     def hooks(self, cfg) -> List[TrainHook]:

@@ -26,7 +26,10 @@ def fast_victim() -> RunConfig:
     the paper: 10 whole epochs instead of 9.9 (the engine counts epochs); random flips instead of
     the paper's alternating flip; the 2-px translation pads with zeros (the fused augmentation's
     crop) where the paper reflects; no torch.compile by default (``--set train.compile=true`` on a
-    GPU). Values were not tuned here: each is the paper's, converted where noted."""
+    GPU). Values were not tuned here: each is the paper's, converted where noted.
+
+    Countermeasures and paradigms keep this recipe's epochs, lr and momentum (``keeps``): UEraser
+    or ft does not turn it into a 200- or 30-epoch run at lr 0.1; change them with --set."""
     cfg = RunConfig()
     cfg.data.dataset = "cifar10"
     cfg.model.name = "fastnet"
@@ -57,3 +60,6 @@ def fast_victim() -> RunConfig:
     f.lookahead_decay = 0.95            # [paper]
     f.tta = "multicrop"                 # flips × 1-px shifts, 6 views [paper]
     return cfg
+
+
+fast_victim.keeps = ("train.epochs", "optim.lr", "optim.momentum")
