@@ -243,8 +243,15 @@ def analyse(std: dict, fast: dict) -> Dict[str, dict]:
             bs, bf = bites(std["cells"], r, col), bites(fast["cells"], r, col)
             if bs is not None and bf is not None and bs != bf:
                 disagree.append({"row": r, "standard_bites": bs, "fast_bites": bf})
+        # the noise ceiling: how well one seed of a victim ranks the rows like another seed of the same victim
+        within = {}
+        for v, t in (("standard", std), ("fast", fast)):
+            ss = [strengths(t["cells"], col, rows, s) for s in range(nseeds)]
+            pairs = [spearman(x, y) for x, y in itertools.combinations([x for x in ss if x is not None], 2)]
+            within[v] = pairs
         out[col] = {"rows": rows, "standard": a, "fast": b, "spearman": spearman(a, b), "kendall": kendall(a, b),
-                    "p": permutation_p(a, b), "spearman_per_seed": per_seed, "moved": moved, "disagree": disagree}
+                    "pearson": pearson(a, b), "p": permutation_p(a, b), "spearman_per_seed": per_seed,
+                    "within_seed_pairs": within, "moved": moved, "disagree": disagree}
     return out
 
 
@@ -318,18 +325,23 @@ def report(args) -> int:
         res = analyse(tabs["standard"][0], tabs["fast"][0])
         lines += ["### Rank agreement of protection strength, per countermeasure", "",
                   "| countermeasure | Spearman ρ (seed means) | p (permutation, one-sided) | ρ per seed | Kendall τ | "
-                  "rows whose rank moves ≥ 3 (standard → fast) | disagree on \"bites\" |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "Pearson r | ceiling: ρ seed vs seed, standard / fast | rows whose rank moves ≥ 3 (standard → fast) | "
+                  "disagree on \"bites\" |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for col, r in res.items():
             ps = r["spearman_per_seed"]
             moved = ", ".join(f"{m['row']} {m['standard_rank']:g}→{m['fast_rank']:g}" for m in r["moved"]) or "none"
             dis = ", ".join(f"{d['row']} (standard {'bites' if d['standard_bites'] else 'no'}, "
                             f"fast {'bites' if d['fast_bites'] else 'no'})" for d in r["disagree"]) or "none"
+            ceil = " / ".join(f"{statistics.mean(w):.2f}" if w else "–" for w in r["within_seed_pairs"].values())
             lines.append(f"| {col} | {r['spearman']:.2f} | {r['p']:.3f} | "
                          f"{statistics.mean(ps):.2f} ± {statistics.stdev(ps) if len(ps) > 1 else 0:.2f} | "
-                         f"{r['kendall']:.2f} | {moved} | {dis} |")
+                         f"{r['kendall']:.2f} | {r['pearson']:.2f} | {ceil} | {moved} | {dis} |")
         lines += ["", f"\"Bites\": clean − row > {BITES_PP:g} points and > 2 std of the paired seeds. Rank 1 = the "
-                  "strongest protection.", ""]
+                  "strongest protection. Ceiling: the mean Spearman ρ between two seeds of the same victim (all "
+                  "pairs) — how far seed noise alone lets single-seed rankings agree; the seed means are steadier "
+                  "than one seed. Pearson r weighs the large effects; ρ weighs every row alike, also the rows "
+                  "whose strength is within noise of 0.", ""]
         png = Path(args.out_stem + f"_{ds}.png")
         _plot(res, png)
         lines += [f"![strength under both victims]({png.name})", ""]

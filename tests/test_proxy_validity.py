@@ -71,6 +71,8 @@ def test_analyse_ranks_strength_and_finds_disagreements(pv, monkeypatch):
     assert {d["row"]: (d["standard_bites"], d["fast_bites"]) for d in res["nt_cg"]["disagree"]} == \
         {"em": (True, False), "sp": (False, True)}
     assert len(res["nt"]["spearman_per_seed"]) == 3
+    assert [len(v) for v in res["nt"]["within_seed_pairs"].values()] == [3, 3]   # seed pairs (0,1) (0,2) (1,2)
+    assert res["nt"]["pearson"] > 0.9
 
 
 def test_sweep_commands_pass_the_sweeps_dry_run(pv, tmp_path):
