@@ -407,3 +407,38 @@ def test_mismatching_shapes_and_keys_are_reported_by_key_and_shape(tmp_path):
     torch.save(small("vit_small").state_dict(), tmp_path / "vit.pth")
     with pytest.raises(ModelError, match=r"model keys missing from the checkpoint: .*gamma_1"):
         load_pretrained(small("cait_small"), tmp_path / "vit.pth")
+
+
+# ─────────────────────────────────────────────── weight decay as timm ──
+@pytest.mark.parametrize("name", ["vit_small", "cait_small", "resnet18"])
+def test_wd_exclude_timm_spares_biases_norms_and_tokens_and_keeps_the_lr_rules(name, tmp_path):
+    """optim.wd_exclude=timm: every parameter of <= 1 dimension and pos_embed / cls_token in groups
+    with weight decay 0, the rest at optim.weight_decay; each moved group keeps its layer group's lr;
+    the default (none) leaves the optimiser exactly as before."""
+    from ueperf.engine.trainer import Trainer
+    from ueperf.recipes import build
+    sets = [f"model.name={name}", "model.width=0.125", "data.dataset=synthetic", "data.synthetic_train=64",
+            "data.synthetic_test=32", "train.epochs=1", "train.progress=false", "optim.weight_decay=0.01",
+            f"out_dir={tmp_path}"]
+    with Trainer(build("synthetic_smoke", sets + ["optim.wd_exclude=timm", "name=timm"])) as tr:
+        groups = tr.wrapped.param_groups
+        names = {id(p): n for n, p in tr.model.named_parameters()}
+        for g in groups:
+            for p in g["params"]:
+                n = names[id(p)]
+                spared = p.ndim <= 1 or n in ("pos_embed", "cls_token")
+                assert g["weight_decay"] == (0.0 if spared else 0.01), (n, g["name"])
+                assert g["name"].endswith(".no_decay") == spared, (n, g["name"])
+        assert sum(p.numel() for g in groups for p in g["params"]) == \
+            sum(p.numel() for p in tr.model.parameters() if p.requires_grad)
+        tr.lr_mult = [0.5 + i for i in range(len(tr.lr_mult))]   # distinct per layer group
+        tr.set_lr(0.3)
+        owners = {g["name"]: g["lr"] for g in groups}
+        moved = [g for g in groups if g["name"].endswith(".no_decay")]
+        assert moved
+        for g in moved:
+            assert g["lr"] == owners[g["name"][:-len(".no_decay")]] > 0
+    with Trainer(build("synthetic_smoke", sets + ["name=none"])) as tr:
+        assert not any(g["name"].endswith("no_decay") for g in tr.wrapped.param_groups)
+        assert len(tr.wrapped.param_groups) == len(tr.param_groups)
+        assert all(g["weight_decay"] == 0.01 for g in tr.wrapped.param_groups)

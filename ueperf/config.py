@@ -75,6 +75,8 @@ class OptimConfig:
     warmup_start: float = 0.0       # the warm-up starts at this fraction of the lr (0 = from 0; airbench: 0.2)
     group_lr: Tuple[float, ...] = ()  # per-layer-group multipliers, shallow → deep (() = all 1)
     grad_clip: float = 0.0          # clip global grad norm to this (0 = off; EM config uses 5.0)
+    wd_exclude: str = "none"        # none (weight decay on every parameter) | timm (none on biases, norms and
+                                    # a transformer's pos_embed / cls_token, as timm's optimiser factory does)
 
 
 @dataclass
@@ -351,6 +353,7 @@ RESULT_FREE_KEYS = frozenset({
 # find their entries.
 LATER_KEYS: Dict[str, Any] = {
     "optim.warmup_start": OptimConfig.warmup_start,
+    "optim.wd_exclude": OptimConfig.wd_exclude,
     **{f"fast.{f.name}": f.default for f in dataclasses.fields(FastConfig)},
 }
 

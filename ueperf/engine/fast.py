@@ -153,8 +153,17 @@ def prepare_model(model: nn.Module, f: Any, *, pretrained: bool = False) -> None
 LrRule = Tuple[int, float, Optional[float]]  # (owner layer group j, lr scale, lr 0 from this epoch on)
 
 
+def no_decay_params(model: nn.Module) -> Dict[int, str]:
+    """``optim.wd_exclude=timm``: the parameters timm's optimiser factory exempts from weight
+    decay — every parameter of at most one dimension (biases, norm and BatchNorm weights, LayerScale
+    gammas) and those the model names in ``no_weight_decay()`` (a transformer's ``pos_embed`` and
+    ``cls_token``) — as id → name."""
+    names = set(getattr(model, "no_weight_decay", lambda: ())())
+    return {id(p): n for n, p in model.named_parameters() if p.ndim <= 1 or n in names}
+
+
 def optimizer_groups(model: nn.Module, groups: List[Dict[str, Any]], f: Any,
-                     weight_decay: float) -> Tuple[List[Dict[str, Any]], List[LrRule]]:
+                     weight_decay: float, wd_exclude: str = "none") -> Tuple[List[Dict[str, Any]], List[LrRule]]:
     """The optimiser's param groups and, for each, the rule the trainer sets its lr by:
     lr = schedule · ``lr_mult[owner]`` · scale, or 0 once the fractional epoch reaches ``until``.
 
@@ -162,9 +171,12 @@ def optimizer_groups(model: nn.Module, groups: List[Dict[str, Any]], f: Any,
     hooks see as ``param_groups``); they stay the first groups of the optimiser, in order. With
     ``fast.bn_bias_lr = s ≠ 1`` each layer group's BatchNorm biases move to a group of their own
     with lr × s and weight decay ÷ s (so lr × weight decay stays); with ``fast.whiten`` the
-    whitening bias moves to one that stops at ``fast.whiten_bias_epochs``. Both are appended after
-    the layer groups, named ``<group>.bn_bias`` / ``<group>.whiten_bias``. With neither, the
-    groups are returned as they are, each with the rule (j, 1, None): the lr is schedule · lr_mult."""
+    whitening bias moves to one that stops at ``fast.whiten_bias_epochs``; with ``wd_exclude =
+    "timm"`` the parameters of :func:`no_decay_params` move to one with weight decay 0 (and a
+    parameter that is both, e.g. a BatchNorm bias, to one that is both). These are appended after
+    the layer groups, named ``<group>.bn_bias`` / ``<group>.whiten_bias`` / ``<group>.no_decay``
+    (``<group>.bn_bias.no_decay``, ...). With none of them, the groups are returned as they are,
+    each with the rule (j, 1, None): the lr is schedule · lr_mult."""
     special: Dict[int, Tuple[str, float, Optional[float]]] = {}
     if f.bn_bias_lr != 1.0:
         for m in model.modules():
@@ -173,22 +185,25 @@ def optimizer_groups(model: nn.Module, groups: List[Dict[str, Any]], f: Any,
     conv = whitening_layer(model)
     if f.whiten and conv is not None and conv.bias is not None:
         special[id(conv.bias)] = ("whiten_bias", 1.0, float(f.whiten_bias_epochs))
+    no_decay = no_decay_params(model) if wd_exclude == "timm" else {}
     rules: List[LrRule] = [(j, 1.0, None) for j in range(len(groups))]
-    if not special:
+    if not special and not no_decay:
         return groups, rules
     extra: List[Dict[str, Any]] = []
     for j, g in enumerate(groups):
         keep, moved = [], {}
         for p in g["params"]:
-            s = special.get(id(p))
-            if s is None:
+            what, scale, until = special.get(id(p), ("", 1.0, None))
+            decays = id(p) not in no_decay
+            if not what and decays:
                 keep.append(p)
             else:
-                moved.setdefault(s, []).append(p)
+                moved.setdefault((what, scale, until, decays), []).append(p)
         g["params"] = keep
-        for (what, scale, until), params in moved.items():
-            extra.append({"params": params, "name": f"{g['name']}.{what}", "index": g["index"], "mult": g["mult"],
-                          "weight_decay": weight_decay / scale})
+        for (what, scale, until, decays), params in moved.items():
+            name = ".".join(x for x in (g["name"], what, "" if decays else "no_decay") if x)
+            extra.append({"params": params, "name": name, "index": g["index"], "mult": g["mult"],
+                          "weight_decay": weight_decay / scale if decays else 0.0})
             rules.append((j, scale, until))
     return groups + extra, rules
 

@@ -309,7 +309,8 @@ class Trainer:
         self.param_groups = build_param_groups(model, self.group_lr)
         # fast.bn_bias_lr / fast.whiten move some parameters to groups of their own, appended after
         # these; each optimiser group's lr follows its rule (owner group, scale, end epoch)
-        opt_groups, self._lr_rules = fast.optimizer_groups(model, self.param_groups, cfg.fast, cfg.optim.weight_decay)
+        opt_groups, self._lr_rules = fast.optimizer_groups(model, self.param_groups, cfg.fast, cfg.optim.weight_decay,
+                                                               cfg.optim.wd_exclude)
         opt = torch.optim.SGD(opt_groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                               weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
         self.lr_mult = [g["mult"] for g in self.param_groups]

@@ -57,6 +57,8 @@ def _checks(cfg: Any) -> List[Tuple[bool, str]]:
         (_finite(o.lr) and o.lr >= 0, f"optim.lr={o.lr}: must be a finite number >= 0"),
         (0 <= o.momentum < 1, f"optim.momentum={o.momentum}: must be in [0, 1)"),
         (_finite(o.weight_decay) and o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0"),
+        (o.wd_exclude in ("none", "timm"), f"optim.wd_exclude={o.wd_exclude!r}: expected none (weight decay on every "
+                                           f"parameter) or timm (none on biases, norms, pos_embed and cls_token)"),
         (o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
         (all(_finite(v) and 0 <= v <= 1 for v in o.milestones),
          f"optim.milestones={tuple(o.milestones)}: fractions of the run, each in [0, 1]"),

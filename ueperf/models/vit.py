@@ -216,6 +216,11 @@ class PatchTransformer(UEModel):
         self.head = nn.Linear(self.embed_dim, num_classes)  # registered as the submodule "head"
         self._init_weights()
 
+    def no_weight_decay(self) -> Tuple[str, ...]:
+        """Parameter names kept out of weight decay under ``optim.wd_exclude=timm`` besides the
+        biases and norms (timm's ``no_weight_decay``)."""
+        return ("pos_embed", "cls_token")
+
     @property
     def head(self) -> nn.Linear:
         """The final linear layer, (N, D) → (N, K). The submodule is named ``head`` like timm's,
