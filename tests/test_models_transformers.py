@@ -397,16 +397,36 @@ def test_mismatching_shapes_and_keys_are_reported_by_key_and_shape(tmp_path):
     torch.save(sd, tmp_path / "missing.pth")
     with pytest.raises(ModelError, match=r"missing from the checkpoint: blocks\.3\.attn\.proj_l\.weight"):
         load_pretrained(small("cait_small"), tmp_path / "missing.pth")
-    # a DeiT distilled checkpoint (dist_token, head_dist) is another architecture
-    sd = small("vit_small").state_dict()
-    sd["dist_token"] = torch.zeros(1, 1, 48)
-    torch.save(sd, tmp_path / "dist.pth")
-    with pytest.raises(ModelError, match="checkpoint keys that the model does not have: dist_token"):
-        load_pretrained(small("vit_small"), tmp_path / "dist.pth")
     # a ViT checkpoint into CaiT: unknown and missing keys, named
     torch.save(small("vit_small").state_dict(), tmp_path / "vit.pth")
     with pytest.raises(ModelError, match=r"model keys missing from the checkpoint: .*gamma_1"):
         load_pretrained(small("cait_small"), tmp_path / "vit.pth")
+
+
+@pytest.mark.parametrize("src_size", [32, 48])
+def test_deit_distilled_checkpoint_loads_as_the_plain_vit_in_it(src_size, tmp_path):
+    """DeiT layout: pos_embed positions [class, distillation, grid]; dist_token and head_dist are
+    dropped (and said), the class position and the grid kept (resampled when the grid differs)."""
+    src = small("vit_small", src_size, seed=1)
+    sd = to_timm(src.state_dict(), "vit_small")
+    pe = sd["pos_embed"]
+    dist_pos = torch.randn(1, 1, 48)
+    sd["pos_embed"] = torch.cat([pe[:, :1], dist_pos, pe[:, 1:]], dim=1)
+    sd["dist_token"] = torch.randn(1, 1, 48)
+    sd["head_dist.weight"], sd["head_dist.bias"] = torch.randn(10, 48), torch.randn(10)
+    torch.save({"model": sd}, tmp_path / "deit_distilled.pth")
+    dst = small("vit_small", 32, seed=2)
+    report = load_pretrained(dst, tmp_path / "deit_distilled.pth")
+    note = next(n for n in report["notes"] if n.startswith("DeiT distilled"))
+    assert "dist_token" in note and "head_dist.bias" in note and "head_dist.weight" in note and "position 1" in note
+    assert report["head_loaded"]
+    x = torch.rand(2, 3, 32, 32)
+    if src_size == 32:   # same grid: exactly the ViT without the distillation parts
+        with torch.no_grad():
+            assert torch.equal(src.eval()(x), dst.eval()(x))
+    else:
+        assert any(n.startswith("resized pos_embed") for n in report["notes"])
+        assert torch.equal(dst.pos_embed[:, :1], pe[:, :1])
 
 
 # ─────────────────────────────────────────────── weight decay as timm ──

@@ -43,7 +43,10 @@ by name (:func:`ueperf.models.load_pretrained`). A checkpoint made for another p
 bicubic interpolation of the patch grid (antialiased when shrinking), the class-token position
 kept — and the report's notes say so; a checkpoint with another patch size is refused, naming
 ``patch_embed.proj.weight`` and both shapes. DeiT's distilled models (``dist_token``,
-``head_dist``) are another architecture and are refused by the key check.
+``head_dist``: a second token and head trained against a teacher) load as the plain ViT they
+contain: the distillation token, its position (the second of ``pos_embed``) and its head are
+dropped, the class token and ``head`` kept, and the notes say so. (DeiT averages both heads at
+test time; a backbone for fine-tuning or linear probing is the class token's.)
 
 Initialisation (DeiT's): linear weights, the position embedding and the class token from a
 normal with σ = 0.02 truncated at ±2σ (so their std is 0.88σ; timm's ``trunc_normal_`` cuts at ±2
@@ -290,6 +293,8 @@ class PatchTransformer(UEModel):
                 f"from 64 px, 16 px from 96 px). Train at an image size with {w.shape[-1]} px patches "
                 f"(data.image_size) or use a checkpoint made for this patch size; patch kernels are "
                 f"not resampled.")
+        if "dist_token" in state and "dist_token" not in dict(self.named_parameters()):
+            state = self._drop_distillation(state, notes)
         pe, want = state.get("pos_embed"), self.pos_embed.shape
         if pe is None or pe.shape == want or pe.dim() != 3 or pe.shape[0] != 1 or pe.shape[2] != want[2]:
             return state
@@ -306,6 +311,20 @@ class PatchTransformer(UEModel):
                      f"{g}x{g} patch grid resampled to this model's {self.grid}x{self.grid} by bicubic "
                      f"interpolation (timm's resample_abs_pos_embed)")
         return {**state, "pos_embed": new.to(pe.dtype)}
+
+    def _drop_distillation(self, state: Dict[str, torch.Tensor], notes: List[str]) -> Dict[str, torch.Tensor]:
+        """A DeiT distilled checkpoint as the plain ViT in it: pos_embed's positions are [class,
+        distillation, grid...]; the distillation token, its position and ``head_dist`` go."""
+        out = {k: v for k, v in state.items() if k != "dist_token" and not k.startswith("head_dist.")}
+        pe, k = state.get("pos_embed"), self.num_prefix_tokens
+        dropped = ["dist_token"] + sorted(k2 for k2 in state if k2.startswith("head_dist."))
+        if pe is not None and pe.dim() == 3 and pe.shape[1] > k + 1 and \
+                math.isqrt(pe.shape[1] - k - 1) ** 2 == pe.shape[1] - k - 1:
+            out["pos_embed"] = torch.cat([pe[:, :k], pe[:, k + 1:]], dim=1)
+            dropped.append(f"pos_embed position {k} (the distillation token's)")
+        notes.append(f"DeiT distilled checkpoint: dropped {', '.join(dropped)}; the class token and its head "
+                     f"are the model's (DeiT averages both heads at test time)")
+        return out
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", image_size={self.image_size}, patch={self.patch_size}, "
