@@ -462,3 +462,19 @@ def test_wd_exclude_timm_spares_biases_norms_and_tokens_and_keeps_the_lr_rules(n
         assert not any(g["name"].endswith("no_decay") for g in tr.wrapped.param_groups)
         assert len(tr.wrapped.param_groups) == len(tr.param_groups)
         assert all(g["weight_decay"] == 0.01 for g in tr.wrapped.param_groups)
+
+
+def test_pf_k_beyond_3_is_a_paradigm_for_deep_models():
+    """pf<k> for any k: the transformers' 12+ blocks can be half frozen (pf6); a k that would
+    freeze a ResNet's head is refused on the model, naming the pf values that fit."""
+    from ueperf.paradigms import freeze, get
+    from ueperf.recipes import build
+    cfg = build("cifar10_resnet18", ["model.name=vit_small", "model.width=0.125", "model.pretrained=x.pt"],
+                paradigm="pf6")
+    assert cfg.paradigm == "pf6" and cfg.train.epochs == 30 and get("pf6").pretrained
+    m = small("vit_small")
+    assert freeze(m, "pf6") == list(range(7))                    # embedding + blocks 1..6
+    with pytest.raises(ConfigError, match=r"use pf1\.\.pf4"):
+        freeze(build_model("resnet18", num_classes=10, image_size=32, width=0.125), "pf6")
+    with pytest.raises(ConfigError, match="unknown paradigm 'pf0'"):
+        get("pf0")

@@ -87,3 +87,22 @@ def test_sweep_commands_pass_the_sweeps_dry_run(pv, tmp_path):
                            text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "150 cells" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_vit_prior_sweep_commands_pass_the_sweeps_dry_run(tmp_path):
+    """bench/vit_prior.py's two sweeps (ViT and ResNet priors, pf6 / pf2 as pf-half) are valid sweeps."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("vit_prior", BENCH / "vit_prior.py")
+        vp = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(vp)
+    finally:
+        sys.path.remove(str(BENCH))
+    for fam in vp.FAMILIES:
+        args = vp.sweep_args(fam, tmp_path, tmp_path / "work", 1)
+        i = args.index("--root")
+        args = ["--dataset", "embedded"] + args[i + 2:]
+        r = subprocess.run([sys.executable, "-m", "ueperf.sweep", *args, "--dry-run"], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "48 cells (4 rows × 4 columns × 3 seeds)" in r.stdout + r.stderr, r.stdout + r.stderr

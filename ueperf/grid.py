@@ -178,7 +178,7 @@ class GridRunner:
         """Every name and every cell's config, checked before any work (a bad ``st_full`` setting
         fails now, not when its cell is reached)."""
         from .countermeasures import build_hooks
-        from .paradigms import PARADIGMS
+        from .paradigms import get as paradigm
         from .protections import PROTECTIONS
         from .protections.runner import resolve_config
         g = self.g
@@ -190,7 +190,7 @@ class GridRunner:
                 PROTECTIONS.get(r.method)
                 resolve_config(r.method, self._row_overrides(r, check_only=True))
         for p in g.paradigms:
-            PARADIGMS.get(p)
+            paradigm(p)
         if any(p != "fs" for p in g.paradigms) and not g.prior:
             raise ConfigError("--paradigms other than fs start from a pretrained prior: pass --prior PATH (a state "
                               "dict) or --prior RECIPE (built and cached on that recipe's dataset)")

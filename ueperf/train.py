@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="countermeasure(s) to train with, e.g. st_full, at, iss_gray, st_cg+cutout "
                         "(default nt; --list countermeasures)")
     p.add_argument("--paradigm", default="", metavar="NAME",
-                   help="training paradigm: fs, lp, pf1, pf2, pf3, ft (all but fs need --set model.pretrained=PATH)")
+                   help="training paradigm: fs, lp, pf<k> (pf1-pf4 on a ResNet, up to pf11 on vit_small), ft "
+                        "(all but fs need --set model.pretrained=PATH)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",

@@ -17,6 +17,7 @@ torchvision-format state dict: ``python -m ueperf.prior`` builds one on a disjoi
 """
 from __future__ import annotations
 
+import re
 from typing import Any, List, Set
 
 from ..config import set_default
@@ -118,12 +119,23 @@ for _k in (1, 2, 3):
 _register("ft", "full fine-tune: pretrained, every layer trains, body lr 0.01, head 0.1")
 
 
+def get(name: str):
+    """The paradigm class of ``name``: a registered one, or ``pf<k>`` for any k >= 1 (a transformer
+    has 12 or more blocks to freeze the first k of; whether k leaves the head trainable is checked
+    on the model, by :func:`frozen_groups`)."""
+    m = re.fullmatch(r"pf([1-9][0-9]*)", name or "")
+    if m and name not in PARADIGMS.names():
+        _register(name, f"partial freeze: pretrained, stem + stages (blocks) 1..{m.group(1)} frozen (BN eval), "
+                        f"body lr 0.01, head 0.1")
+    return PARADIGMS.get(name)
+
+
 def configure(cfg: Any, user: Set[str] = frozenset()) -> Any:
-    PARADIGMS.get(cfg.paradigm)().configure(cfg, set(user))
+    get(cfg.paradigm)().configure(cfg, set(user))
     return cfg
 
 
 def build_hooks(cfg: Any) -> List[TrainHook]:
-    p = PARADIGMS.get(cfg.paradigm)()
+    p = get(cfg.paradigm)()
     p.check(cfg)
     return p.hooks(cfg)
