@@ -16,8 +16,8 @@ from ueperf.models.resnet import BasicBlock
 from ueperf.paradigms import freeze, frozen_groups
 
 W = 0.25
-NAMES = ("mobilenet_v2", "senet18")
-GROUP_COUNTS = {"mobilenet_v2": 20, "senet18": 10}
+NAMES = ("mobilenet_v2", "senet18", "senet18_preact")
+GROUP_COUNTS = {"mobilenet_v2": 20, "senet18": 10, "senet18_preact": 10}
 
 # Parameter counts at width 1, computed from the papers' layer tables and checked here exactly.
 PARAM_COUNTS = {
@@ -32,6 +32,10 @@ PARAM_COUNTS = {
     # ueperf/models/senet.py). 1000 classes: torchvision resnet18 (11,689,512) + 89,080.
     ("senet18", 10, 32): 11_263_042,
     ("senet18", 1000, 224): 11_778_592,
+    # APBench's pre-activation SENet18: senet18 − the 3 projection-shortcut BNs (2 × (128 + 256 + 512)
+    # = 1,792) − the first BN of stages 2-4 on the block's input instead of its output
+    # (2 × (64 + 128 + 256) = 896) = 11,260,354.
+    ("senet18_preact", 10, 32): 11_260_354,
 }
 
 
@@ -275,6 +279,8 @@ def _equal_outputs(a: nn.Module, b: nn.Module) -> bool:
     ("mobilenet_v2", lambda k: k.replace("body.", "features.").replace("classifier.", "classifier.1.")),
     # kuangliu's post-activation SENet(BasicBlock): linear, shortcut, SE convs on the block
     ("senet18", lambda k: k.replace("fc.", "linear.").replace("downsample", "shortcut").replace(".se.", ".")),
+    # APBench's / kuangliu's SENet18 (pre-activation): the same names
+    ("senet18_preact", lambda k: k.replace("fc.", "linear.").replace("downsample", "shortcut").replace(".se.", ".")),
 ])
 def test_foreign_checkpoint_names_load(name, rename, tmp_path):
     src = small(name)
@@ -285,3 +291,44 @@ def test_foreign_checkpoint_names_load(name, rename, tmp_path):
     dst = build_model(name, 7, 32, width=W)
     report = load_pretrained(dst, tmp_path / "c.pth")
     assert report["head_loaded"] and report["skipped"] == [] and _equal_outputs(src, dst)
+
+
+def _apbench_senet18(sd: dict, x: torch.Tensor) -> torch.Tensor:
+    """APBench's SENet18 forward (nets/senet.py: SENet(PreActBlock, [2, 2, 2, 2])) written with
+    functional ops on a state dict under its own names, eval mode: the reference for senet18_preact."""
+    F = torch.nn.functional
+
+    def bn(t, p):
+        return F.batch_norm(t, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"],
+                            training=False, eps=1e-5)
+
+    out = F.relu(bn(F.conv2d(x, sd["conv1.weight"], padding=1), "bn1"))
+    for s in range(1, 5):
+        for i in range(2):
+            b = f"layer{s}.{i}"
+            stride = 2 if (s > 1 and i == 0) else 1
+            a = F.relu(bn(out, b + ".bn1"))
+            short = F.conv2d(a, sd[b + ".shortcut.0.weight"], stride=stride) if b + ".shortcut.0.weight" in sd else out
+            u = F.conv2d(a, sd[b + ".conv1.weight"], stride=stride, padding=1)
+            u = F.conv2d(F.relu(bn(u, b + ".bn2")), sd[b + ".conv2.weight"], padding=1)
+            w = F.avg_pool2d(u, u.size(2))
+            w = torch.sigmoid(F.conv2d(F.relu(F.conv2d(w, sd[b + ".fc1.weight"], sd[b + ".fc1.bias"])),
+                                       sd[b + ".fc2.weight"], sd[b + ".fc2.bias"]))
+            out = u * w + short
+    out = F.avg_pool2d(out, 4).flatten(1)
+    return F.linear(out, sd["linear.weight"], sd["linear.bias"])
+
+
+def test_senet18_preact_is_apbenchs_senet18():
+    """Same outputs as APBench's forward, computed from the state dict under APBench's names."""
+    m = small("senet18_preact")
+    with torch.no_grad():                      # non-trivial BN statistics
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+    rename = lambda k: k.replace("fc.", "linear.").replace("downsample", "shortcut").replace(".se.", ".")  # noqa: E731
+    sd = {rename(k): v for k, v in m.state_dict().items()}
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval()(x), _apbench_senet18(sd, x), rtol=1e-4, atol=1e-5)

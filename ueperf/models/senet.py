@@ -17,8 +17,19 @@ Width: C/r = max(1, C // 16) of the scaled block width C.
 Parameters (width 1, 10 classes, CIFAR stem): 11,263,042 = ResNet-18's 11,173,962 + 89,080 for
 the eight SE modules (C²/8 + C + C/16 per block). The SENet18 of kuangliu/pytorch-cifar and APBench
 (``SENet(PreActBlock, [2, 2, 2, 2])``, 11,260,354) puts the SE module in *pre-activation* blocks
-(BN before each conv, no BN in the projection shortcut); its checkpoints do not load here, those of
-kuangliu's post-activation ``SENet(BasicBlock, ...)`` do (``fc1``/``fc2`` → ``se.fc1``/``se.fc2``).
+(BN before each conv, no BN in the projection shortcut): that is ``senet18_preact`` below, into
+which APBench's and kuangliu's SENet18 checkpoints load; kuangliu's post-activation
+``SENet(BasicBlock, ...)`` checkpoints load into ``senet18`` (``fc1``/``fc2`` → ``se.fc1``/``se.fc2``).
+
+``senet18_preact`` — the pre-activation SE block (He et al., ECCV 2016's ordering)::
+
+    a = ReLU(BN₁(x));  shortcut = x, or a 1×1 conv of a (no BN) where the shape changes;
+    U = conv₂(ReLU(BN₂(conv₁(a))));  out = SE(U) + shortcut     (no ReLU after the sum)
+
+with the CIFAR model zoo's stem (conv-BN-ReLU) and, as there, no BN-ReLU after the last stage
+before the pooling. Names as ``senet18`` (``layerN.M.bn1/conv1/bn2/conv2/se.fc1/se.fc2``,
+``layerN.0.downsample.0``, ``fc``); the zoo's ``shortcut.0``, ``fc1``/``fc2`` and ``linear`` load.
+Parameters (width 1, 10 classes, CIFAR stem): 11,260,354.
 """
 from __future__ import annotations
 
@@ -27,7 +38,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .base import register_model
+from .base import init_weights, register_model, scale_channels
 from .resnet import BasicBlock, ResNet
 
 SE_REDUCTION = 16  # r [paper]
@@ -72,7 +83,53 @@ class SENet(ResNet):
     checkpoint_aliases = ResNet.checkpoint_aliases + ((r"^(layer\d\.\d+)\.fc([12])\.", r"\1.se.fc\2."),)
 
 
+class PreActSEBlock(nn.Module):
+    """Pre-activation basic block with SE on the residual branch before the sum (APBench's and
+    kuangliu's SENet18 ``PreActBlock``). (N, cin, H, W) → (N, planes, H/s, W/s)."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, planes, kernel_size=1, stride=stride, bias=False))
+                           if stride != 1 or cin != planes else None)
+        self.se = SqueezeExcitation(planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.bn1(x))
+        shortcut = x if self.downsample is None else self.downsample(a)
+        out = self.conv2(torch.relu(self.bn2(self.conv1(a))))
+        return self.se(out) + shortcut
+
+
+class PreActSENet(SENet):
+    """APBench's SENet-18: pre-activation SE blocks; stem conv-BN-ReLU, no BN after the last stage.
+    Groups and stages are ResNet's (stem = conv1 + bn1, one group per block, head)."""
+
+    def __init__(self, layers, num_classes: int, width: float = 1.0, stem: str = "cifar") -> None:
+        super().__init__(SEBasicBlock, layers, num_classes, width, stem)  # stem, pooling, head, names
+        c = [scale_channels(ch, width) for ch in (64, 128, 256, 512)]
+        cin = c[0]
+        for s, (planes, n) in enumerate(zip(c, layers), start=1):
+            blocks = []
+            for i in range(n):
+                blocks.append(PreActSEBlock(cin, planes, stride=2 if (i == 0 and s > 1) else 1))
+                cin = planes
+            setattr(self, f"layer{s}", nn.Sequential(*blocks))
+        init_weights(self)
+
+
 @register_model("senet18", stems=SENet.stems, min_size={"cifar": 8, "imagenet": 32},
                 description="SENet-18: ResNet-18 with SE (r 16) in every basic block")
 def senet18(num_classes: int, width: float = 1.0, stem: str = "cifar") -> SENet:
     return SENet(SEBasicBlock, (2, 2, 2, 2), num_classes, width, stem)
+
+
+@register_model("senet18_preact", stems=SENet.stems, min_size={"cifar": 8, "imagenet": 32},
+                description="SENet-18 of APBench / kuangliu: pre-activation blocks with SE (r 16); their checkpoints load")
+def senet18_preact(num_classes: int, width: float = 1.0, stem: str = "cifar") -> PreActSENet:
+    return PreActSENet((2, 2, 2, 2), num_classes, width, stem)
