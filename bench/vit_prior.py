@@ -18,8 +18,10 @@ Both sweeps are the same but for the family:
   from) at the CPU budgets of paradigms_cpu-2core_2026-11-24.md;
 - **paradigms**: fs (from scratch), lp (head only), pf-half (the stem or patch embedding and half
   the body frozen: ResNet ``pf2`` = 2 of 4 stages, ViT ``pf6`` = 6 of 12 blocks), ft (all layers);
-  victims of the prior's family and width, 8 epochs, the spec §3.0 recipe otherwise (SGD, cosine,
-  batch 128, crop + flip; the paradigms' body lr 0.01, head 0.1); seeds 0-2.
+  victims of the prior's family and width, 8 epochs, cosine, batch 128, crop + flip; the ResNet
+  (prior and victims) with the spec §3.0 SGD (lr 0.1; the paradigms' body lr × 0.1), the ViT with
+  AdamW as DeiT/timm train one (lr 1e-3, weight decay 0.05 off biases, norms and tokens, 1 warm-up
+  epoch; the paradigms' body lr × 0.1); seeds 0-2.
 
 Cells: final clean test accuracy (%), mean ± std over seeds; "what differs" compares the effect of
 each protection (clean − row, paired by seed) and the value of the prior (ft − fs on clean data)
@@ -49,8 +51,13 @@ PROTECT = {
     "bait": ["passes=3", "steps=5", "regen_steps=10"],
     "ssc": ["max_rounds=8", "steps=5", "alpha=2/255"],
 }
-FAMILIES = {  # family → (model --set values, paradigms, pf-half's name)
-    "vit": (["model.name=vit_small", "model.width=0.125", "model.stem=auto"], ["fs", "lp", "pf6", "ft"], "pf6"),
+# the ViT trains as timm/DeiT users train one: AdamW, lr 1e-3 (for batch 128), weight decay 0.05 off
+# biases, norms and tokens, 1 warm-up epoch; the ResNet with the spec §3.0 SGD recipe
+VIT_OPTIM = ["optim.optimizer=adamw", "optim.lr=1e-3", "optim.weight_decay=0.05", "optim.wd_exclude=timm",
+             "optim.warmup_epochs=1"]
+FAMILIES = {  # family → (model and optimiser --set values, paradigms, pf-half's name)
+    "vit": (["model.name=vit_small", "model.width=0.125", "model.stem=auto"] + VIT_OPTIM, ["fs", "lp", "pf6", "ft"],
+            "pf6"),
     "resnet": (["model.name=resnet18", "model.width=0.125", "model.stem=cifar"], ["fs", "lp", "pf2", "ft"], "pf2"),
 }
 PRIOR = ["data.image_size=32", "data.train_limit=10000", "data.test_limit=1000", "train.epochs=8", "train.threads=1"]

@@ -74,8 +74,12 @@ def _weights(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["trainer"]["model"]
 
 
-def test_resume_equals_uninterrupted_bitwise(tmp_path):
-    sets = {"train.epochs": 3, "train.deterministic": "true", "train.threads": 1, "augment.cg": "true"}
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_equals_uninterrupted_bitwise(tmp_path, optimizer):
+    sets = {"train.epochs": 3, "train.deterministic": "true", "train.threads": 1, "augment.cg": "true",
+            "optim.optimizer": optimizer}
+    if optimizer == "adamw":
+        sets.update({"optim.lr": 1e-3, "optim.weight_decay": 0.05, "optim.wd_exclude": "timm"})
     full = train(_cfg(tmp_path, "full", recipe="synthetic_smoke", **sets))
     cfg = _cfg(tmp_path, "cut", recipe="synthetic_smoke", **sets)
     with pytest.raises(KeyboardInterrupt):
@@ -91,6 +95,29 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path):
     rb = [json.loads(l) for l in (tmp_path / "cut" / "records.jsonl").read_text().splitlines()]
     strip = lambda r: {k: v for k, v in r.items() if k not in ("images_per_s", "train_time_s", "elapsed_s")}
     assert [strip(r) for r in ra] == [strip(r) for r in rb]
+
+
+def test_adamw_is_torchs_with_decoupled_decay_per_group(tmp_path):
+    """optim.optimizer=adamw: torch AdamW with β₁ = optim.momentum, β₂ = optim.beta2, ε = optim.eps;
+    a group's own weight decay (wd_exclude=timm: 0 on biases and norms) is kept; SGD-only and
+    out-of-range values are refused by name."""
+    cfg = _cfg(tmp_path, "adamw", recipe="synthetic_smoke", **{
+        "optim.optimizer": "adamw", "optim.lr": 1e-3, "optim.momentum": 0.8, "optim.beta2": 0.99, "optim.eps": 1e-6,
+        "optim.weight_decay": 0.05, "optim.wd_exclude": "timm"})
+    tr = Trainer(cfg).setup()
+    try:
+        opt = tr.wrapped.optimizer
+        assert isinstance(opt, torch.optim.AdamW)
+        assert opt.defaults["betas"] == (0.8, 0.99) and opt.defaults["eps"] == 1e-6
+        decays = {g["name"]: g["weight_decay"] for g in opt.param_groups}
+        assert decays["head"] == 0.05 and decays["head.no_decay"] == 0.0
+    finally:
+        tr.close()
+    for sets, match in [({"optim.optimizer": "adam"}, "optim.optimizer"),
+                        ({"optim.optimizer": "adamw", "optim.nesterov": "true"}, "optim.nesterov"),
+                        ({"optim.beta2": 1.0}, "optim.beta2"), ({"optim.eps": 0}, "optim.eps")]:
+        with pytest.raises(ConfigError, match=match):
+            Trainer(_cfg(tmp_path, "bad", recipe="synthetic_smoke", **sets)).setup()
 
 
 def test_resume_refuses_a_different_config(tmp_path):

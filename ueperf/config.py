@@ -63,8 +63,10 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
+    optimizer: str = "sgd"          # sgd (torch SGD, coupled L2 weight decay) | adamw (torch AdamW, decoupled weight
+                                    # decay; momentum → β₁, beta2 → β₂: DeiT / timm's choice for transformers)
     lr: float = 0.1                 # base learning rate [spec §3.0]
-    momentum: float = 0.9           # SGD momentum coefficient
+    momentum: float = 0.9           # SGD momentum coefficient (adamw: β₁)
     weight_decay: float = 5e-4      # SGD weight decay (L2 penalty coefficient)
     nesterov: bool = False          # use Nesterov momentum
     schedule: str = "cosine"        # learning-rate schedule over the run: cosine (to 0) | constant | multistep | linear
@@ -75,6 +77,8 @@ class OptimConfig:
     warmup_start: float = 0.0       # the warm-up starts at this fraction of the lr (0 = from 0; airbench: 0.2)
     group_lr: Tuple[float, ...] = ()  # per-layer-group multipliers, shallow → deep (() = all 1)
     grad_clip: float = 0.0          # clip global grad norm to this (0 = off; EM config uses 5.0)
+    beta2: float = 0.999            # adamw: β₂ (the second-moment decay)
+    eps: float = 1e-8               # adamw: ε added to the denominator
     wd_exclude: str = "none"        # none (weight decay on every parameter) | timm (none on biases, norms and
                                     # a transformer's pos_embed / cls_token, as timm's optimiser factory does)
 
@@ -354,6 +358,9 @@ RESULT_FREE_KEYS = frozenset({
 LATER_KEYS: Dict[str, Any] = {
     "optim.warmup_start": OptimConfig.warmup_start,
     "optim.wd_exclude": OptimConfig.wd_exclude,
+    "optim.optimizer": OptimConfig.optimizer,
+    "optim.beta2": OptimConfig.beta2,
+    "optim.eps": OptimConfig.eps,
     **{f"fast.{f.name}": f.default for f in dataclasses.fields(FastConfig)},
 }
 

@@ -109,6 +109,17 @@ def environment_info() -> Dict[str, Any]:
     return info
 
 
+def build_optimizer(groups: List[Dict[str, Any]], o: Any) -> torch.optim.Optimizer:
+    """``optim.optimizer``: torch SGD (momentum, Nesterov, coupled weight decay) or torch AdamW
+    (β₁ = ``optim.momentum``, β₂ = ``optim.beta2``, ε = ``optim.eps``, decoupled weight decay:
+    ``p ← p − lr · weight_decay · p`` each step). A group's own ``weight_decay`` (``optim.wd_exclude``,
+    ``fast.bn_bias_lr``) wins over the default in both."""
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, o.beta2), eps=o.eps,
+                                 weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+
+
 def build_param_groups(model: nn.Module, group_lr: Sequence[float], frozen: Sequence[int] = ()) -> List[Dict[str, Any]]:
     """One optimiser param group per model layer group, each with its lr multiplier ``mult``."""
     groups = model.layer_groups()
@@ -311,8 +322,7 @@ class Trainer:
         # these; each optimiser group's lr follows its rule (owner group, scale, end epoch)
         opt_groups, self._lr_rules = fast.optimizer_groups(model, self.param_groups, cfg.fast, cfg.optim.weight_decay,
                                                                cfg.optim.wd_exclude)
-        opt = torch.optim.SGD(opt_groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                              weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+        opt = build_optimizer(opt_groups, cfg.optim)
         self.lr_mult = [g["mult"] for g in self.param_groups]
         use_ds_bf16 = cfg.parallel.backend == "deepspeed" and self.dtype == torch.bfloat16
         self.wrapped = parallel.wrap(model, opt, ctx, micro_batch=self.micro_batch,

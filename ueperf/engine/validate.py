@@ -57,6 +57,11 @@ def _checks(cfg: Any) -> List[Tuple[bool, str]]:
         (_finite(o.lr) and o.lr >= 0, f"optim.lr={o.lr}: must be a finite number >= 0"),
         (0 <= o.momentum < 1, f"optim.momentum={o.momentum}: must be in [0, 1)"),
         (_finite(o.weight_decay) and o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0"),
+        (o.optimizer in ("sgd", "adamw"), f"optim.optimizer={o.optimizer!r}: expected sgd or adamw"),
+        (not (o.optimizer == "adamw" and o.nesterov), "optim.nesterov=true is SGD's: set optim.nesterov=false "
+                                                      "with optim.optimizer=adamw"),
+        (_finite(o.beta2) and 0 <= o.beta2 < 1, f"optim.beta2={o.beta2}: must be in [0, 1)"),
+        (_finite(o.eps) and o.eps > 0, f"optim.eps={o.eps}: must be > 0"),
         (o.wd_exclude in ("none", "timm"), f"optim.wd_exclude={o.wd_exclude!r}: expected none (weight decay on every "
                                            f"parameter) or timm (none on biases, norms, pos_embed and cls_token)"),
         (o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
