@@ -83,8 +83,16 @@ def test_paradigm_defaults_and_errors(prior):
         build_hooks(build("demo", [], paradigm="lp"))
     with pytest.raises(ConfigError, match="from scratch"):
         build_hooks(build("demo", [f"model.pretrained={prior[0]}"], paradigm="fs"))
-    with pytest.raises(ConfigError, match="unknown paradigm"):
-        build("demo", [], paradigm="pf9")
+    for bad in ("pf0", "pfx", "pf-1"):
+        with pytest.raises(ConfigError, match="unknown paradigm"):
+            build("demo", [], paradigm=bad)
+
+
+def test_pf_k_that_would_freeze_the_head_is_refused_on_the_model(prior, tmp_path):
+    """pf<k> is any k >= 1 (transformers have 12+ blocks); on a ResNet-18 (stages 1-4) pf9 is
+    refused when the model is built, naming the values that fit."""
+    with pytest.raises(ConfigError, match=r"pf9 would freeze the head .*use pf1\.\.pf4"):
+        _trainer(tmp_path, "pf9", prior[0])
 
 
 def test_a_prior_of_another_architecture_is_refused(prior, tmp_path):

@@ -41,7 +41,7 @@ UNITS: Dict[str, str] = {
     # optim
     "optim.lr": "lr", "optim.momentum": "", "optim.weight_decay": "",
     "optim.milestones": "fraction of run", "optim.gamma": "× lr", "optim.warmup_epochs": "epochs",
-    "optim.warmup_start": "× lr",
+    "optim.warmup_start": "× lr", "optim.beta2": "", "optim.eps": "",
     "optim.group_lr": "× lr", "optim.grad_clip": "L2 norm",
     # train
     "train.epochs": "epochs", "train.batch_size": "images", "train.eval_batch_size": "images",
