@@ -120,7 +120,7 @@ def _ms(xs: Sequence[float], scale: float = 1.0, fmt: str = "{:.1f}") -> str:
         return "–"
     if len(xs) == 1:
         return fmt.format(xs[0])
-    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(statistics.stdev(xs))}"
+    return f"{fmt.format(statistics.mean(xs))} ± {fmt.replace('+', '').format(statistics.stdev(xs))}"
 
 
 def report(results: Dict[str, List[Dict]], args, device, out: Path) -> str:
