@@ -34,7 +34,7 @@ PARAM_COUNTS = {
 GROUP_COUNTS = {"vit_small": 14, "cait_small": 28,  # embed, 12 | 24 + 2 blocks, norm + head
                 "fastnet": 5,  # whitening stem, 3 blocks, head
                 "resnet18": 10, "resnet50": 18, "vgg16": 14, "densenet121": 9,
-                "wrn28_10": 14, "wrn34_10": 17, "mobilenet_v2": 20, "senet18": 10}
+                "wrn28_10": 14, "wrn34_10": 17, "mobilenet_v2": 20, "senet18": 10, "senet18_preact": 10}
 
 
 @pytest.fixture(autouse=True, scope="module")
