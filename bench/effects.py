@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from harness import REPO as ROOT, cpu_name, hardware_tag  # noqa: E402  (bench/ is on the path: run as a script)
+from harness import REPO as ROOT, SHARED_DATA, cpu_name, hardware_tag  # noqa: E402  (bench/ is on the path: run as a script)
 from ueperf.grid import Cell, Grid, GridRunner, Row  # noqa: E402
 from ueperf.launch import Launch, run_cells  # noqa: E402
 from ueperf.reports.tables import mean_std  # noqa: E402
@@ -364,7 +364,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the quick subset (<= 10 min on 2 CPU cores)")
     p.add_argument("--checks", default="", help="comma-separated check names (default: all, or the quick subset)")
     p.add_argument("--seeds", default="0,1,2", help="replicate seeds (>= 3 for a verdict worth reading)")
-    p.add_argument("--data", default=os.environ.get("UEPERF_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
+    p.add_argument("--data", default=SHARED_DATA,
                    help="folder holding the data archives (default $UEPERF_SHARED_DATA or ../shared/data)")
     p.add_argument("--work", default="~/.cache/ueperf/effects", help="where runs and stores are kept (reused on rerun)")
     p.add_argument("--workers", type=int, default=2, help="victims trained concurrently (processes)")

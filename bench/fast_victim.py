@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from harness import REPO as ROOT, hardware_name, pick_device, result_path, today, versions  # noqa: E402
+from harness import SHARED_DATA, hardware_name, pick_device, result_path, today, versions  # noqa: E402
 
 ARCHIVE = "cifar-10-subset-python.tar.gz"
 # arm → (recipe, the --set values that make it, what it switches off)
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true", help="the CPU-sized victims of bench/proxy_validity.py (see CPU): "
                    "a measurement on 2,000 images that a CPU finishes in minutes")
     p.add_argument("--arms", default="", help="comma-separated arms (default: all; --list shows them)")
-    p.add_argument("--data", default=os.environ.get("UEPERF_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
+    p.add_argument("--data", default=SHARED_DATA,
                    help=f"folder holding {ARCHIVE} (default $UEPERF_SHARED_DATA or ../shared/data)")
     p.add_argument("--work", default="", help="where runs are kept (default ~/.cache/ueperf/fast_victim[_quick])")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

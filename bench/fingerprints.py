@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-from harness import REPO as ROOT  # noqa: E402  (bench/ is on the path: run as a script)
+from harness import SHARED_DATA  # noqa: E402  (bench/ is on the path: run as a script)
 
 # The protections' small budgets (the contract test's), applied where the Config has the key.
 FAST = {
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="", help="write the fingerprints (JSON) here")
     p.add_argument("--compare", default="", help="a previous --out file: list what differs")
-    p.add_argument("--data", default=os.environ.get("UEPERF_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
+    p.add_argument("--data", default=SHARED_DATA)
     args = p.parse_args(argv)
     import torch
     torch.use_deterministic_algorithms(True)

@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
+# the folder with the real-data archives (cifar-10-subset-python.tar.gz, tiny-imagenet-100.tar.gz):
+# $UEPERF_SHARED_DATA, else ../shared/data beside the repository
+SHARED_DATA = os.environ.get("UEPERF_SHARED_DATA", str(REPO.parent / "shared" / "data"))
 
 import torch  # noqa: E402
 
@@ -137,3 +140,11 @@ def compile_skip_reason(device: torch.device):
     if device.type != "cuda":
         return "torch.compile: skipped, benchmarked on CUDA only (inductor on CPU needs a C++ toolchain)"
     return None
+
+
+def write_report(path: Path, lines: Sequence[str]) -> None:
+    """Write a Markdown report (lines joined, trailing newline), echo it, and say where it went."""
+    text = "\n".join(lines) + "\n"
+    Path(path).write_text(text)
+    print(text, end="")
+    print(f"wrote {path}", file=sys.stderr)

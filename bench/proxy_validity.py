@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from harness import REPO as ROOT, cpu_name, hardware_tag  # noqa: E402  (bench/ is on the path)
+from harness import REPO as ROOT, SHARED_DATA, cpu_name, hardware_tag, write_report  # noqa: E402  (bench/ is on the path)
 
 PROTECTIONS = ["clean", "random", "em", "rem", "sp", "ops", "ap", "aep", "hypo", "bait"]
 COUNTERMEASURES = ["nt", "nt_cg", "iss_jpeg", "ueraser_lite", "st_cg"]
@@ -397,18 +397,15 @@ def report(args) -> int:
                          f"{wall / 60:.0f} min{' (includes crafting the stores)' if v == 'standard' else ''} |")
         lines.append("")
         doc[ds] = {"analysis": res, "tables": {v: t for v, (t, _) in tabs.items()}, "time_s": tr}
-    md = Path(args.out_stem + ".md")
-    md.write_text("\n".join(lines) + "\n")
     Path(args.out_stem + ".json").write_text(json.dumps(doc, indent=1))
-    print("\n".join(lines))
-    print(f"wrote {md}", file=sys.stderr)
+    write_report(Path(args.out_stem + ".md"), lines)
     return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["run", "report", "print"])
-    p.add_argument("--data", default=os.environ.get("UEPERF_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
+    p.add_argument("--data", default=SHARED_DATA,
                    help="folder with cifar-10-subset-python.tar.gz and tiny-imagenet-100.tar.gz")
     p.add_argument("--work", default="proxy_work", help="where the sweeps write (default ./proxy_work)")
     p.add_argument("--prior", required=False, default="",

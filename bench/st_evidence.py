@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from harness import REPO as ROOT, cpu_name, hardware_tag  # noqa: E402  (bench/ is on the path)
+from harness import REPO as ROOT, SHARED_DATA, cpu_name, hardware_tag, write_report  # noqa: E402  (bench/ is on the path)
 
 EM = ["width=0.125", "max_rounds=6", "steps=5", "alpha=2/255", "train_steps=20", "stop_error=0",
       "eot_crop_flip=true", "eot=2"]
@@ -286,9 +286,7 @@ def report(args) -> int:
     lines.append("")
     lines += _calibration_section(work, base)
     out = Path(args.out or ROOT / "bench" / "results" / f"st_evidence_{hardware_tag()}_{time.strftime('%Y-%m-%d')}.md")
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {out}", file=sys.stderr)
+    write_report(out, lines)
     return 0
 
 
@@ -296,7 +294,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["run", "calibrate", "report", "print"],
                    help="run the sweeps (and the calibration), the calibration alone, write the report, or print the sweep commands")
-    p.add_argument("--data", default=os.environ.get("UEPERF_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
+    p.add_argument("--data", default=SHARED_DATA,
                    help="folder with cifar-10-subset-python.tar.gz and tiny-imagenet-100.tar.gz")
     p.add_argument("--work", default="~/.cache/ueperf/st_evidence", help="sweep folders (reused on rerun)")
     p.add_argument("--only", default="cifar,tiny,ablations,calibration",

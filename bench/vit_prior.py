@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from harness import REPO as ROOT, cpu_name, hardware_tag  # noqa: E402  (bench/ is on the path)
+from harness import REPO as ROOT, SHARED_DATA, cpu_name, hardware_tag, write_report  # noqa: E402  (bench/ is on the path)
 
 ROWS = ["clean", "em", "bait", "ssc"]
 SEEDS = "0,1,2"
@@ -170,18 +170,16 @@ def report(args) -> int:
                 name = FAMILIES[fam][2] if p == "pf-half" else p
                 a, b = column(tabs[fam], "clean", name), column(tabs[fam], "clean", "fs")
                 cells.append(paired(a, b) if a and b and p != "fs" else "–")
-        lines += [f"| clean: − fs | " + " | ".join(cells) + " |", ""]
+        lines += ["| clean: − fs | " + " | ".join(cells) + " |", ""]
     out = Path(args.out or ROOT / "bench" / "results" / f"vit_prior_{hardware_tag()}_{time.strftime('%Y-%m-%d')}.md")
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {out}", file=sys.stderr)
+    write_report(out, lines)
     return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["run", "report", "print"])
-    p.add_argument("--data", default=os.environ.get("UEPERF_SHARED_DATA", str(ROOT.parent / "shared" / "data")),
+    p.add_argument("--data", default=SHARED_DATA,
                    help="folder with cifar-10-subset-python.tar.gz and tiny-imagenet-100.tar.gz")
     p.add_argument("--work", default="vit_prior_work", help="where the sweeps write (default ./vit_prior_work)")
     p.add_argument("--cache", default=os.environ.get("UEPERF_CACHE_DIR", ""),
