@@ -10,6 +10,7 @@ import pytest
 
 from ueperf.errors import ConfigError
 from ueperf.grid import Cell, Grid, GridRunner, Row, parse_rows, parse_seeds
+from ueperf.reports.tables import fmt
 from ueperf.sweep import main
 
 BASE = ["--dataset", "synthetic", "--data", "synthetic_train=256", "--data", "synthetic_test=64",
@@ -32,6 +33,13 @@ def test_sweep_writes_the_tables_over_seeds_and_reuses_finished_cells(tmp_path, 
     assert (out / "table.csv").read_text().startswith("protection,nt mean,nt std,nt n,nt_cg mean")
     for stem in ("table", "peak", "train", "time", "speed"):
         assert (out / f"{stem}.md").is_file() and (out / f"{stem}.png").stat().st_size > 0
+    runs = {f"{r}__fs__{c}__s{s}": json.loads((out / "runs" / f"{r}__fs__{c}__s{s}" / "summary.json").read_text())
+            for r in ("clean", "random") for c in ("nt", "nt_cg") for s in (0, 1)}
+    t = json.loads((out / "time.json").read_text())       # the JSON holds seconds as the runs wrote them ...
+    assert t["metric"] == "total_time_s" and t["shown_scale"] == pytest.approx(1 / 60)
+    assert t["cells"]["random"]["nt_cg"][1] == runs["random__fs__nt_cg__s1"]["total_time_s"]
+    seconds = [runs[f"clean__fs__nt__s{s}"]["total_time_s"] for s in (0, 1)]
+    assert f"| clean | {fmt(seconds, scale=1 / 60, digits=2)} |" in (out / "time.md").read_text()  # ... the .md minutes
     cfg = json.loads((out / "runs" / "random__fs__nt_cg__s1" / "config.json").read_text())["config"]
     assert cfg["countermeasure"] == "nt_cg" and cfg["augment"]["cg"] is True and cfg["train"]["seed"] == 1
     s0 = json.loads((out / "runs" / "random__fs__nt__s0" / "config.json").read_text())["config"]["data"]["dataset"]

@@ -38,7 +38,7 @@ from typing import Dict, List, Sequence
 
 from .grid import CLEAN, Grid, GridRunner, parse_list, parse_rows, parse_seeds
 
-# (stem, summary metric, title word, scale, digits, unit label)
+# (stem, summary metric, label, scale the .md and heat map show the values at, digits)
 TABLES = [("table", "final_test_acc", "final clean test accuracy (%)", 100.0, 1),
           ("peak", "best_test_acc", "peak clean test accuracy over epochs (%)", 100.0, 1),
           ("train", "final_train_acc", "final training accuracy on the (protected) training set (%)", 100.0, 1),
@@ -157,12 +157,10 @@ def write_tables(runner: GridRunner, command: str, final: bool = True, warnings:
     from .reports.tables import write_table
     for stem, metric, label, scale, digits in (TABLES if final else TABLES[:1]):
         cells: Dict[str, Dict[str, List]] = {r: {c: res.get(r, {}).get(c, {}).get(metric, []) for c in cols} for r in rows}
-        if scale != 100.0:  # the writers show fractions as percent: pre-scale the others
-            cells = {r: {c: [None if v is None else v * scale / 100.0 for v in vs] for c, vs in cc.items()}
-                     for r, cc in cells.items()}
         write_table(g.out, stem, rows, cols, cells, title=f"{g.out.name}: {what}; seeds {seeds}: protections × {axes} — {label}",
                     lines_before=before, lines_after=notes if stem == "table" else [], label=label,
-                    expect=len(g.seeds), plot=final)
+                    expect=len(g.seeds), plot=final, scale=scale, digits=digits,
+                    metric=metric)
     return g.out / "table.md"
 
 

@@ -209,14 +209,15 @@ def plot_acm_scatter(points, labels, path: os.PathLike, title: str = "",
 
 
 def plot_heatmap(values, rows: Sequence[str], cols: Sequence[str], path: os.PathLike, title: str = "",
-                 label: str = "", stds=None, percent: bool = True) -> str:
-    """A table as a heat map: values[i][j] in [0, 1] (None = missing), annotated × 100
-    (``mean±std`` where ``stds`` gives a std over seeds). ``percent``: colours span 0-100 %, red
-    to green (accuracies); else they span the values shown (times, speeds: no good or bad end)."""
+                 label: str = "", stds=None, percent: bool = True, scale: float = 100.0, digits: int = 1) -> str:
+    """A table as a heat map: values[i][j] (None = missing) shown × ``scale`` with ``digits``
+    decimals (the default: fractions in [0, 1] as percent), annotated ``mean±std`` where ``stds``
+    gives a std over seeds. ``percent``: colours span 0-100 %, red to green (accuracies); else they
+    span the values shown (times, speeds: no good or bad end)."""
     import numpy as np
     plt = _plt()
-    a = np.array([[np.nan if v is None else 100 * v for v in row] for row in values], dtype=float)
-    sd = np.array([[np.nan if v is None else 100 * v for v in row] for row in stds], dtype=float) \
+    a = np.array([[np.nan if v is None else scale * v for v in row] for row in values], dtype=float)
+    sd = np.array([[np.nan if v is None else scale * v for v in row] for row in stds], dtype=float) \
         if stds is not None else np.full_like(a, np.nan)
     fig, ax = plt.subplots(figsize=(1.5 * len(cols) + 3, 0.45 * len(rows) + 1.8))
     if percent:
@@ -230,7 +231,7 @@ def plot_heatmap(values, rows: Sequence[str], cols: Sequence[str], path: os.Path
     ax.set_yticklabels(rows)
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
-            txt = "–" if np.isnan(a[i, j]) else f"{a[i, j]:.1f}" + ("" if np.isnan(sd[i, j]) else f"±{sd[i, j]:.1f}")
+            txt = "–" if np.isnan(a[i, j]) else f"{a[i, j]:.{digits}f}" + ("" if np.isnan(sd[i, j]) else f"±{sd[i, j]:.{digits}f}")
             ax.text(j, i, txt, ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label=label)
     if title:  # wrapped to the figure's width (about 11 characters per inch at this size)

@@ -53,14 +53,17 @@ def markdown(rows: Sequence[str], cols: Sequence[str], cells: Dict[str, Dict[str
 def write_table(out: os.PathLike, stem: str, rows: Sequence[str], cols: Sequence[str],
                 cells: Dict[str, Dict[str, Values]], *, title: str, lines_before: Sequence[str] = (),
                 lines_after: Sequence[str] = (), corner: str = "protection", label: str = "clean test accuracy (%)",
-                expect: Optional[int] = None, plot: bool = True) -> Path:
+                expect: Optional[int] = None, plot: bool = True, scale: float = 100.0, digits: int = 1,
+                metric: str = "") -> Path:
     """``<stem>.md`` (title, ``lines_before``, the table, ``lines_after``), ``<stem>.csv`` (one
     column per seed statistic: mean, std, n), ``<stem>.json`` (every value) and ``<stem>.png``
-    (heat map of the means, annotated mean±std; ``plot=False`` skips it). Values are fractions
-    shown as percent."""
+    (heat map of the means, annotated mean±std; ``plot=False`` skips it). The .csv and .json hold
+    the values as given (fractions for accuracies, seconds for times); the .md and the heat map
+    show them × ``scale`` with ``digits`` decimals (the default: fractions as percent); the .json
+    records that ``scale`` and, where given, the ``metric`` the values are."""
     out = Path(out)
     md = [f"# {title}", "", *lines_before, "",
-          *markdown(rows, cols, cells, corner=corner, expect=expect), "", *lines_after]
+          *markdown(rows, cols, cells, corner=corner, scale=scale, digits=digits, expect=expect), "", *lines_after]
     write_text_atomic(out / f"{stem}.md", "\n".join(md).rstrip() + "\n")
     csv = [f"{corner}," + ",".join(f"{c} mean,{c} std,{c} n" for c in cols)]
     for r in rows:
@@ -70,7 +73,9 @@ def write_table(out: os.PathLike, stem: str, rows: Sequence[str], cols: Sequence
             parts += ["" if m is None else f"{m:.4f}", "" if sd is None else f"{sd:.4f}", str(n)]
         csv.append(r + "," + ",".join(parts))
     write_text_atomic(out / f"{stem}.csv", "\n".join(csv) + "\n")
-    write_json_atomic(out / f"{stem}.json", {"title": title, "rows": list(rows), "columns": list(cols),
+    write_json_atomic(out / f"{stem}.json", {"title": title, "label": label, "shown_scale": scale,
+                                             **({"metric": metric} if metric else {}),
+                                             "rows": list(rows), "columns": list(cols),
                                              "cells": {r: {c: list(cells.get(r, {}).get(c, [])) for c in cols} for r in rows}})
     if not plot:
         return out / f"{stem}.md"
@@ -78,7 +83,8 @@ def write_table(out: os.PathLike, stem: str, rows: Sequence[str], cols: Sequence
         from .plots import plot_heatmap
         stats = [[mean_std(cells.get(r, {}).get(c, [])) for c in cols] for r in rows]
         plot_heatmap([[s[0] for s in row] for row in stats], rows, cols, out / f"{stem}.png", title=title,
-                     label=label, stds=[[s[1] for s in row] for row in stats], percent=label.endswith("(%)"))
+                     label=label, stds=[[s[1] for s in row] for row in stats], percent=label.endswith("(%)"),
+                     scale=scale, digits=digits)
     except ImportError:
         print(f"matplotlib is not installed: skipped {stem}.png", file=sys.stderr)
     return out / f"{stem}.md"
