@@ -142,9 +142,30 @@ def compile_skip_reason(device: torch.device):
     return None
 
 
+HAND_WRITTEN = "## Reading (written by hand"
+
+
+def hand_written(report: str) -> str:
+    """The hand-written section of a report's text: from its line starting with ``HAND_WRITTEN`` to
+    the end ("" when it has none)."""
+    if report.startswith(HAND_WRITTEN):
+        return report
+    at = report.find("\n" + HAND_WRITTEN)
+    return report[at + 1:] if at >= 0 else ""
+
+
 def write_report(path: Path, lines: Sequence[str]) -> None:
-    """Write a Markdown report (lines joined, trailing newline), echo it, and say where it went."""
+    """Write a Markdown report (lines joined, trailing newline), echo it, and say where it went.
+    A report regenerated over one that has a hand-written section (from a line starting with
+    ``HAND_WRITTEN`` to the end) keeps that section at its end, and says so: regenerating the
+    tables never loses the reading of them."""
+    path = Path(path)
     text = "\n".join(lines) + "\n"
-    Path(path).write_text(text)
+    kept = hand_written(path.read_text()) if path.is_file() else ""
+    if kept and HAND_WRITTEN not in text:
+        text = text.rstrip("\n") + "\n\n" + kept.rstrip("\n") + "\n"
+        print(f"kept the hand-written section of {path} (from its '{HAND_WRITTEN}...' heading on): "
+              "check that it still reads true", file=sys.stderr)
+    path.write_text(text)
     print(text, end="")
     print(f"wrote {path}", file=sys.stderr)

@@ -1,9 +1,10 @@
 """Is the fast victim a valid proxy? The same protections × countermeasures grid under two victims
 at the same CPU budget per run, and how well the fast victim ranks the protections like the standard one.
 
-    python bench/proxy_validity.py run --dataset cifar          # both sweeps (reruns reuse finished cells)
-    python bench/proxy_validity.py report                       # tables, rank correlations, plot
-    python bench/proxy_validity.py print                        # the sweep commands, nothing run
+    python bench/proxy_validity.py run --dataset cifar --prior PRIOR     # both sweeps (reruns reuse finished cells)
+    python bench/proxy_validity.py report --dataset cifar --prior PRIOR  # tables, rank correlations, plot
+                                                 # (a hand-written "## Reading" section of the report is kept)
+    python bench/proxy_validity.py print --prior PRIOR                   # the sweep commands, nothing run
 
 The grid (issue 20): protections clean, random, em, rem, sp, ops, ap, aep, hypo, bait × countermeasures
 nt, nt_cg, iss_jpeg, ueraser_lite, st_cg × seeds 0-2 (replicate s crafts every protection with seed s
@@ -331,8 +332,9 @@ def report(args) -> int:
     lines = [f"# Is the fast victim a valid proxy? ({time.strftime('%Y-%m-%d')})", "",
              f"Hardware: {cpu_name()}, {os.cpu_count()} cores, 1 torch thread per run, two runs side by side, "
              f"CPU only; torch {__import__('torch').__version__}.", "",
-             "Command: `python bench/proxy_validity.py run --dataset cifar && python bench/proxy_validity.py report` "
-             "(the sweeps below; reruns reuse finished cells and stores).", "",
+             f"Command: `python bench/proxy_validity.py run --dataset {args.dataset} --prior PRIOR && python "
+             f"bench/proxy_validity.py report --dataset {args.dataset} --prior PRIOR` (the sweeps below; reruns reuse "
+             "finished cells and stores; PRIOR: BAIT's, a ResNet-18 from `python -m ueperf.prior`).", "",
              "Victims, at about the same CPU time per run:", ""]
     lines += [f"- **{v}**: {d[2]} (`--recipe {d[0]} {' '.join('--set ' + s for s in d[1] + COMMON)}`)"
               for v, d in VICTIMS.items()]

@@ -106,3 +106,18 @@ def test_vit_prior_sweep_commands_pass_the_sweeps_dry_run(tmp_path):
                            text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "48 cells (4 rows × 4 columns × 3 seeds)" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_a_regenerated_report_keeps_its_hand_written_reading(pv, tmp_path, capsys):
+    """Regenerating a report (e.g. once the second dataset's half of the grid is in) keeps the
+    hand-written section at its end, once; a report without one is written as given."""
+    from harness import HAND_WRITTEN, write_report
+    md = tmp_path / "r.md"
+    write_report(md, ["# tables", "", "| a |", ""])
+    assert md.read_text() == "# tables\n\n| a |\n\n"
+    md.write_text(md.read_text() + f"{HAND_WRITTEN} after the run)\n\n- a finding\n")
+    write_report(md, ["# tables, more rows", "", "| a |", "| b |", ""])
+    assert md.read_text() == f"# tables, more rows\n\n| a |\n| b |\n\n{HAND_WRITTEN} after the run)\n\n- a finding\n"
+    assert "kept the hand-written section" in capsys.readouterr().err
+    write_report(md, ["# tables, more rows", "", f"{HAND_WRITTEN}, new)", "", "- new finding"])
+    assert md.read_text().count(HAND_WRITTEN) == 1 and md.read_text().endswith("- new finding\n")
