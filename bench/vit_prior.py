@@ -147,7 +147,7 @@ def report(args) -> int:
         for pj in prior:
             d = json.loads(pj.read_text())
             if d.get("model") == FAMILIES[fam][0][0].split("=")[1]:
-                lines += [f"Prior: `{pj.parent}` — {d.get('model')} width {d.get('width')}, {d.get('epochs')} epochs, "
+                lines += [f"Prior: `$UEPERF_CACHE_DIR/{pj.parent.relative_to(args.cache)}` — {d.get('model')} width {d.get('width')}, {d.get('epochs')} epochs, "
                           f"{100 * d.get('final_test_acc', 0):.1f} % on 1,000 tiny-imagenet-100 val images (100 classes).", ""]
     if len(tabs) == 2:
         lines += ["## What differs between the families", "",
