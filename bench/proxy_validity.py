@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from harness import REPO as ROOT, SHARED_DATA, cpu_name, hardware_tag, write_report  # noqa: E402  (bench/ is on the path)
+from ueperf.reports.tables import fmt  # noqa: E402
 
 PROTECTIONS = ["clean", "random", "em", "rem", "sp", "ops", "ap", "aep", "hypo", "bait"]
 COUNTERMEASURES = ["nt", "nt_cg", "iss_jpeg", "ueraser_lite", "st_cg"]
@@ -195,15 +196,6 @@ def _load(work: Path, ds: str, victim: str, name: str) -> Optional[dict]:
 def _mean(v: Sequence[Optional[float]]) -> Optional[float]:
     v = [x for x in v if x is not None]
     return statistics.mean(v) if v else None
-
-
-def _ms(v: Sequence[Optional[float]], scale: float = 100.0, fmt: str = "{:.1f}") -> str:
-    v = [scale * x for x in v if x is not None]
-    if not v:
-        return "–"
-    if len(v) == 1:
-        return fmt.format(v[0]) + " (n=1)"
-    return f"{fmt.format(statistics.mean(v))} ± {fmt.format(statistics.stdev(v))}" + ("" if len(v) >= 3 else f" (n={len(v)})")
 
 
 def strengths(cells: dict, col: str, rows: Sequence[str], seed: Optional[int] = None) -> Optional[List[float]]:
@@ -363,7 +355,7 @@ def report(args) -> int:
                       f"`python -m ueperf.sweep {shlex.join(sweep_args(ds, victim, Path('../shared/data'), Path('WORK'), Path('PRIOR'), args.workers))}`",
                       "", "| protection | " + " | ".join(t["columns"]) + " |", "| --- |" + " --- |" * len(t["columns"])]
             for r in t["rows"]:
-                lines.append(f"| {r} | " + " | ".join(_ms(t["cells"][r][c]) for c in t["columns"]) + " |")
+                lines.append(f"| {r} | " + " | ".join(fmt(t["cells"][r][c], expect=3) for c in t["columns"]) + " |")
             lines.append("")
         res = analyse(tabs["standard"][0], tabs["fast"][0])
         lines += ["### Rank agreement of protection strength, per countermeasure", "",
@@ -400,7 +392,7 @@ def report(args) -> int:
         for v, xs in tr.items():
             walls = json.loads((work / ds / v / "walls.json").read_text()) if (work / ds / v / "walls.json").exists() else []
             wall = sum(w["seconds"] for w in walls)
-            lines.append(f"| {v} | {_ms(xs, 1.0)} | {len(xs)} | {sum(xs) / 60:.0f} | "
+            lines.append(f"| {v} | {fmt(xs, 1.0, expect=3)} | {len(xs)} | {sum(xs) / 60:.0f} | "
                          f"{wall / 60:.0f} min{' (includes crafting the stores)' if v == 'standard' else ''} |")
         lines.append("")
         doc[ds] = {"analysis": res, "tables": {v: t for v, (t, _) in tabs.items()}, "time_s": tr}

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from harness import REPO as ROOT, SHARED_DATA, cpu_name, hardware_tag, write_report  # noqa: E402  (bench/ is on the path)
+from ueperf.reports.tables import fmt  # noqa: E402
 
 EM = ["width=0.125", "max_rounds=6", "steps=5", "alpha=2/255", "train_steps=20", "stop_error=0",
       "eot_crop_flip=true", "eot=2"]
@@ -129,15 +130,6 @@ def _table(sweep: Path) -> Optional[dict]:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def _ms(v: Sequence[Optional[float]]) -> str:
-    v = [100 * x for x in v if x is not None]
-    if not v:
-        return "–"
-    if len(v) == 1:
-        return f"{v[0]:.1f} (n=1)"
-    return f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}" + ("" if len(v) >= 3 else f" (n={len(v)})")
-
-
 def _summaries(sweep: Path, row: str, col: str) -> List[dict]:
     out = []
     for s in (0, 1, 2):
@@ -189,8 +181,8 @@ def _calibration_section(work: Path, base: Optional[dict]) -> List[str]:
         rows = [d["runs"][i] for d in docs.values() if i < len(d["runs"])]
         chosen = [str(s) for s, d in docs.items() if d["choice"] == pt]
         rej = [r["rejections"] for r in rows if r.get("rejections") is not None]
-        lines.append("| " + " | ".join(str(pt[k]) for k in keys) + f" | {_ms([r['test_acc'] for r in rows])} | "
-                     f"{_ms([r['holdout_acc'] for r in rows])} | "
+        lines.append("| " + " | ".join(str(pt[k]) for k in keys) + f" | {fmt([r['test_acc'] for r in rows], expect=3)} | "
+                     f"{fmt([r['holdout_acc'] for r in rows], expect=3)} | "
                      f"{statistics.mean(rej) if rej else 0:.1f} | {('seed ' + ', '.join(chosen)) if chosen else ''} |")
     chosen_acc = {s: next(r["test_acc"] for r in d["runs"] if r["point"] == d["choice"]) for s, d in docs.items()}
     default = {s: next((r["test_acc"] for r in d["runs"] if r["point"] == {"st.jump": "1.5", "st.alpha": "0.5"}), None)
@@ -236,7 +228,7 @@ def report(args) -> int:
         lines += [f"## {title}", "", f"`python -m ueperf.sweep {' '.join(sweeps[key])}`", "",
                   "| protection | " + " | ".join(t["columns"]) + " |", "| --- |" + " --- |" * len(t["columns"])]
         for r in t["rows"]:
-            lines.append(f"| {r} | " + " | ".join(_ms(t["cells"][r][c]) for c in t["columns"]) + " |")
+            lines.append(f"| {r} | " + " | ".join(fmt(t["cells"][r][c], expect=3) for c in t["columns"]) + " |")
         lines += ["", "How often ST fired (rollbacks per run, mean over seeds; epochs with a rollback):", "",
                   "| protection | " + " | ".join(c for c in t["columns"] if c.startswith("st")) + " |",
                   "| --- |" + " --- |" * sum(c.startswith("st") for c in t["columns"])]
@@ -271,7 +263,7 @@ def report(args) -> int:
         ss = _summaries(work / "cifar", "em", "st_cg")
         rej = f"{statistics.mean(s.get('st_rejections', 0) for s in ss):.1f}" if ss else "–"
         p = _paired(base["cells"]["em"]["st_cg"], base["cells"]["em"]["nt_cg"])
-        lines.append(f"| defaults | {_ms(base['cells']['em']['st_cg'])} | "
+        lines.append(f"| defaults | {fmt(base['cells']['em']['st_cg'], expect=3)} | "
                      f"{'–' if p is None else f'{p[0]:+.1f} ± {p[1]:.1f}'} | {rej} |")
     for i, (name, sets) in enumerate(ABLATIONS.items()):
         t = _table(work / f"ablation{i}")
@@ -281,7 +273,7 @@ def report(args) -> int:
         ss = _summaries(work / f"ablation{i}", "em", "st_cg")
         rej = f"{statistics.mean(s.get('st_rejections', 0) for s in ss):.1f}" if ss else "–"
         p = None if base is None else _paired(t["cells"]["em"]["st_cg"], base["cells"]["em"]["nt_cg"])
-        lines.append(f"| {name} (`{' '.join(sets)}`) | {_ms(t['cells']['em']['st_cg'])} | "
+        lines.append(f"| {name} (`{' '.join(sets)}`) | {fmt(t['cells']['em']['st_cg'], expect=3)} | "
                      f"{'–' if p is None else f'{p[0]:+.1f} ± {p[1]:.1f}'} | {rej} |")
     lines.append("")
     lines += _calibration_section(work, base)

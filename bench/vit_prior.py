@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from harness import REPO as ROOT, SHARED_DATA, cpu_name, hardware_tag, write_report  # noqa: E402  (bench/ is on the path)
+from ueperf.reports.tables import fmt  # noqa: E402
 
 ROWS = ["clean", "em", "bait", "ssc"]
 SEEDS = "0,1,2"
@@ -92,15 +93,6 @@ def run(args) -> int:
     return 0
 
 
-def _ms(v: Sequence[Optional[float]], scale: float = 100.0) -> str:
-    v = [scale * x for x in v if x is not None]
-    if not v:
-        return "–"
-    if len(v) == 1:
-        return f"{v[0]:.1f} (n=1)"
-    return f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}" + ("" if len(v) >= 3 else f" (n={len(v)})")
-
-
 def paired(a: Sequence[Optional[float]], b: Sequence[Optional[float]]) -> str:
     """mean ± std over seeds of a − b (points)."""
     d = [100 * (x - y) for x, y in zip(a, b) if x is not None and y is not None]
@@ -142,7 +134,7 @@ def report(args) -> int:
                   f"`python -m ueperf.sweep {shlex.join(sweep_args(fam, Path('../shared/data'), Path('WORK'), args.workers))}`", "",
                   "| protection | " + " | ".join(paradigms) + " |", "| --- |" + " --- |" * len(paradigms)]
         for r in ROWS:
-            lines.append(f"| {r} | " + " | ".join(_ms(column(t, r, p) or []) for p in paradigms) + " |")
+            lines.append(f"| {r} | " + " | ".join(fmt(column(t, r, p) or [], expect=3) for p in paradigms) + " |")
         lines.append("")
         for pj in prior:
             d = json.loads(pj.read_text())
